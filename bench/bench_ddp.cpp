@@ -1,0 +1,285 @@
+// bench_ddp: what the DdpEngine costs and what bucketing/overlap buys, each as a ratio against a
+// peer measured in the same process, in alternating blocks of steps.
+//
+//   mpirun -np 1 bench_ddp overhead [--rounds N] [--steps S] [--warmup W] [--hidden 256,256]
+//   mpirun -np 2 bench_ddp buckets  [--rounds N] [--steps S] [--warmup W] [--hidden 1024,...]
+//
+// overhead: the default MLP (64 -> hidden -> 10, batch 64, AdamW, cross-entropy, random data)
+//   trained with the DdpEngine (zero_grad / prepare_backward / backward / finish_backward /
+//   step) and, on a second replica with the same initial weights, with the plain LibTorch loop
+//   (optimizer zero_grad / backward / step). At world size 1 the all-reduces are no-ops, so the
+//   ratio is the engine's own cost: hooks, locking, bucket views, the non-blocking calls.
+// buckets: a larger MLP so that communication matters, one replica per variant:
+//   bucket_cap_mb 1, 25, 100 with overlap on, and "no overlap" (one bucket, reduced after
+//   backward). Ratios are against "no overlap".
+//
+// A round runs one block of `steps` steps of every variant, rotating which goes first; a
+// block's time is the slowest rank's. Figures are medians over rounds of the per-step time.
+// Rank 0 prints one JSON object on stdout; progress goes to stderr.
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "collectives/error.h"
+#include "collectives/mpi_communicator.h"
+#include "runtime/config.h"
+#include "runtime/ddp_engine.h"
+#include "runtime/models/model.h"
+#include "runtime/optim.h"
+
+namespace {
+
+constexpr int64_t kBatch = 64;      // per-rank batch, as trainer.batch_size in the default config
+constexpr int64_t kFeatures = 64;   // data.num_features
+constexpr int64_t kClasses = 10;    // data.num_classes
+constexpr int64_t kNumBatches = 8;  // distinct random batches cycled through
+
+struct Options {
+  std::string mode;
+  int rounds = 0;   // alternating rounds (0: the mode's default)
+  int steps = 0;    // steps per block (0: the mode's default)
+  int warmup = 0;   // untimed steps per variant before the first round (0: default)
+  std::vector<int64_t> hidden;  // MLP hidden sizes (empty: the mode's default)
+};
+
+[[noreturn]] void usage(const char* argv0, const std::string& why) {
+  std::fprintf(stderr,
+               "%s: %s\nusage: %s overhead|buckets [--rounds N] [--steps S] [--warmup W] "
+               "[--hidden A,B,...]\n",
+               argv0, why.c_str(), argv0);
+  std::exit(2);
+}
+
+std::vector<int64_t> parse_sizes(const std::string& text) {
+  std::vector<int64_t> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(std::stoll(item));
+  return out;
+}
+
+Options parse(int argc, char** argv) {
+  if (argc < 2) usage(argv[0], "missing mode");
+  Options o;
+  o.mode = argv[1];
+  if (o.mode != "overhead" && o.mode != "buckets") usage(argv[0], "unknown mode '" + o.mode + "'");
+  for (int i = 2; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) usage(argv[0], "missing value for " + a);
+    const std::string v = argv[++i];
+    if (a == "--rounds") {
+      o.rounds = std::stoi(v);
+    } else if (a == "--steps") {
+      o.steps = std::stoi(v);
+    } else if (a == "--warmup") {
+      o.warmup = std::stoi(v);
+    } else if (a == "--hidden") {
+      o.hidden = parse_sizes(v);
+    } else {
+      usage(argv[0], "unknown option " + a);
+    }
+  }
+  const bool overhead = o.mode == "overhead";
+  if (o.rounds == 0) o.rounds = overhead ? 41 : 9;
+  if (o.steps == 0) o.steps = overhead ? 100 : 8;
+  if (o.warmup == 0) o.warmup = overhead ? 50 : 3;
+  if (o.hidden.empty()) {
+    o.hidden = overhead ? std::vector<int64_t>{256, 256}
+                        : std::vector<int64_t>{1024, 1024, 1024, 1024};
+  }
+  if (o.rounds < 1 || o.steps < 1 || o.warmup < 0) usage(argv[0], "counts must be positive");
+  return o;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string json_list(const std::vector<double>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%s%.4f", i ? ", " : "", v[i]);
+    s += buf;
+  }
+  return s + "]";
+}
+
+// One way of training one replica.
+struct Variant {
+  std::string name;
+  bool use_engine = false;
+  ddp::DdpOptions ddp_options;
+  std::shared_ptr<ddp::Model> model;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<ddp::DdpEngine> engine;
+  std::vector<double> step_ms;  // per-step time of each timed block
+  int64_t launched_in_backward = 0;  // buckets launched from hooks in the last step
+};
+
+struct Bench {
+  ddp::MpiCommunicator& comm;
+  std::vector<torch::Tensor> xs, ys;
+  int64_t next_batch = 0;
+
+  void step(Variant& v) {
+    const torch::Tensor& x = xs[next_batch % kNumBatches];
+    const torch::Tensor& y = ys[next_batch % kNumBatches];
+    ++next_batch;
+    if (v.use_engine) {
+      v.engine->zero_grad();
+      torch::Tensor loss = ddp::compute_loss(ddp::Task::kClassification, v.model->forward(x), y);
+      v.engine->prepare_backward(/*sync=*/true);
+      loss.backward();
+      v.engine->finish_backward();
+      v.launched_in_backward = v.engine->stats().buckets_launched_in_backward;
+    } else {
+      v.optimizer->zero_grad();
+      torch::Tensor loss = ddp::compute_loss(ddp::Task::kClassification, v.model->forward(x), y);
+      loss.backward();
+    }
+    v.optimizer->step();
+  }
+
+  // Seconds for `steps` steps, the slowest rank's.
+  double time_block(Variant& v, int steps) {
+    MPI_Barrier(MPI_COMM_WORLD);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < steps; ++i) step(v);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    MPI_Allreduce(MPI_IN_PLACE, &s, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    return s;
+  }
+};
+
+void make_replica(Variant& v, const std::vector<int64_t>& hidden, ddp::MpiCommunicator& comm) {
+  ddp::ModelConfig mc;
+  mc.name = "mlp";
+  mc.hidden_sizes = hidden;
+  ddp::DatasetInfo info;
+  info.task = ddp::Task::kClassification;
+  info.input_shape = {kFeatures};
+  info.num_outputs = kClasses;
+  torch::manual_seed(42);  // every replica starts from the same weights
+  v.model = ddp::ModelRegistry::global().create(mc, info);
+  v.model->train();
+  if (v.use_engine) {
+    v.engine = std::make_unique<ddp::DdpEngine>(v.model, comm, comm, v.ddp_options);
+  }
+  ddp::OptimizerConfig oc;  // adamw, lr 1e-3, as configs/default.yaml
+  v.optimizer = ddp::make_optimizer(oc, v.model->parameters());
+}
+
+int64_t parameter_count(const ddp::Model& model) {
+  int64_t n = 0;
+  for (const auto& p : model.parameters()) n += p.numel();
+  return n;
+}
+
+std::string hidden_string(const std::vector<int64_t>& hidden) {
+  std::string s = "[";
+  for (size_t i = 0; i < hidden.size(); ++i) s += (i ? "," : "") + std::to_string(hidden[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ddp::MpiRuntime mpi(&argc, &argv);
+  const Options opt = parse(argc, argv);
+  torch::set_num_threads(1);
+  try {
+    ddp::MpiCommunicator comm;
+    const bool root = comm.rank() == 0;
+
+    std::vector<Variant> variants;
+    if (opt.mode == "overhead") {
+      variants.resize(2);
+      variants[0].name = "plain";
+      variants[1].name = "ddp";
+      variants[1].use_engine = true;
+    } else {
+      const double caps[] = {1.0, 25.0, 100.0};
+      for (double cap : caps) {
+        Variant v;
+        v.name = "bucket_" + std::to_string(static_cast<int>(cap)) + "mb";
+        v.use_engine = true;
+        v.ddp_options.bucket_cap_mb = cap;
+        variants.push_back(std::move(v));
+      }
+      Variant none;
+      none.name = "no_overlap";
+      none.use_engine = true;
+      none.ddp_options.bucket_cap_mb = 1e6;  // one bucket for the whole model
+      none.ddp_options.overlap = false;
+      variants.push_back(std::move(none));
+    }
+    for (auto& v : variants) make_replica(v, opt.hidden, comm);
+
+    Bench bench{comm, {}, {}, 0};
+    torch::manual_seed(1000 + comm.rank());  // each rank its own data, as a sharded sampler
+    for (int64_t i = 0; i < kNumBatches; ++i) {
+      bench.xs.push_back(torch::randn({kBatch, kFeatures}));
+      bench.ys.push_back(torch::randint(kClasses, {kBatch}, torch::kLong));
+    }
+
+    for (auto& v : variants) bench.time_block(v, opt.warmup);
+    const size_t nv = variants.size();
+    for (int r = 0; r < opt.rounds; ++r) {
+      for (size_t k = 0; k < nv; ++k) {
+        Variant& v = variants[(r + k) % nv];
+        v.step_ms.push_back(bench.time_block(v, opt.steps) / opt.steps * 1e3);
+      }
+      if (root && (r + 1) % 5 == 0) {
+        std::fprintf(stderr, "bench_ddp %s: round %d/%d\n", opt.mode.c_str(), r + 1, opt.rounds);
+      }
+    }
+
+    if (root) {
+      // The reference: "plain" for overhead, "no_overlap" for buckets.
+      const Variant& ref = opt.mode == "overhead" ? variants.front() : variants.back();
+      const int64_t params = parameter_count(*variants[0].model);
+      std::printf("{\n  \"mode\": \"%s\",\n  \"world_size\": %d,\n  \"hidden\": %s,\n"
+                  "  \"parameters\": %lld,\n  \"grad_mb\": %.3f,\n  \"batch\": %lld,\n"
+                  "  \"rounds\": %d,\n  \"steps_per_block\": %d,\n  \"variants\": [\n",
+                  opt.mode.c_str(), comm.size(), hidden_string(opt.hidden).c_str(),
+                  static_cast<long long>(params), params * 4.0 / (1024.0 * 1024.0),
+                  static_cast<long long>(kBatch), opt.rounds, opt.steps);
+      const double base = median(ref.step_ms);
+      for (size_t i = 0; i < nv; ++i) {
+        const Variant& v = variants[i];
+        const double med = median(v.step_ms);
+        std::printf("    {\"name\": \"%s\", \"engine\": %s, \"bucket_cap_mb\": %g, "
+                    "\"overlap\": %s, \"num_buckets\": %lld, \"buckets_launched_in_backward\": "
+                    "%lld, \"median_step_ms\": %.4f, \"ratio_vs_%s\": %.4f, \"step_ms\": %s}%s\n",
+                    v.name.c_str(), v.use_engine ? "true" : "false",
+                    v.use_engine ? v.ddp_options.bucket_cap_mb : 0.0,
+                    v.use_engine && v.ddp_options.overlap ? "true" : "false",
+                    static_cast<long long>(v.engine ? v.engine->bucket_count() : 0),
+                    static_cast<long long>(v.launched_in_backward), med, ref.name.c_str(),
+                    med / base, json_list(v.step_ms).c_str(), i + 1 < nv ? "," : "");
+      }
+      std::printf("  ]\n}\n");
+      std::fflush(stdout);
+    }
+    comm.barrier();
+    return 0;
+  } catch (const std::exception& e) {
+    int rank = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    std::fprintf(stderr, "bench_ddp: error on rank %d: %s\n", rank, e.what());
+    MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+}

@@ -1,0 +1,97 @@
+#!/usr/bin/python3
+"""PyTorch DDP peer for bench/run.sh: the default ddp-train job, written the PyTorch way.
+
+    MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 mpirun -np 2 -x MASTER_ADDR -x MASTER_PORT \\
+        /usr/bin/python3 bench/torch_ddp_peer.py --steps 2000
+
+Same model (Linear(64,256)-ReLU-Linear(256,256)-ReLU-Linear(256,10)), per-rank batch 64,
+AdamW(lr 1e-3, weight_decay 0 as ddp-runtime's default), cross-entropy, one intra-op thread,
+gloo backend, DistributedDataParallel with its defaults (bucket_cap_mb 25). The data is random
+and pre-batched before the clock starts, so the peer pays nothing for data loading (ddp-train
+gathers each batch from its dataset): the comparison favours the peer.
+
+Rank and world size come from Open MPI's environment (OMPI_COMM_WORLD_RANK/SIZE). Rank 0
+prints one JSON line: global samples/s over the steps after --warmup.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps in total")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps at the start")
+    parser.add_argument("--batch", type=int, default=64, help="per-rank batch size")
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--hidden", type=str, default="256,256")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--num-batches", type=int, default=128,
+                        help="distinct pre-made batches per rank, cycled (an epoch's worth)")
+    args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
+
+    rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("RANK", "0")))
+    world = int(os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            print(f"torch_ddp_peer: {var} is not set (run.sh passes it with mpirun -x)",
+                  file=sys.stderr)
+            return 2
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+    torch.manual_seed(42)
+    sizes = [args.features] + [int(h) for h in args.hidden.split(",")]
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-1], args.classes))
+    model = DistributedDataParallel(nn.Sequential(*layers))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    loss_fn = nn.CrossEntropyLoss()
+
+    gen = torch.Generator().manual_seed(1000 + rank)
+    batches = [(torch.randn(args.batch, args.features, generator=gen),
+                torch.randint(args.classes, (args.batch,), generator=gen))
+               for _ in range(args.num_batches)]
+
+    def step(i: int) -> None:
+        x, y = batches[i % len(batches)]
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    for i in range(args.warmup):
+        step(i)
+    dist.barrier()
+    t0 = time.perf_counter()
+    for i in range(args.warmup, args.steps):
+        step(i)
+    dist.barrier()
+    elapsed = time.perf_counter() - t0
+    timed = args.steps - args.warmup
+    if rank == 0:
+        print(json.dumps({
+            "samples_per_s": timed * args.batch * world / elapsed,
+            "timed_steps": timed,
+            "warmup_steps": args.warmup,
+            "wall_s": elapsed,
+            "world_size": world,
+            "torch": torch.__version__,
+        }), flush=True)
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+// Anchor translation unit for the <torch/torch.h> precompiled header.

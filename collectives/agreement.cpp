@@ -1,0 +1,47 @@
+#include "collectives/agreement.h"
+
+#include <cstdint>
+#include <exception>
+
+#include <fmt/format.h>
+
+#include "collectives/error.h"
+
+namespace ddp {
+
+std::string broadcast_string(Communicator& comm, const std::string& value, int root) {
+  int64_t len = comm.rank() == root ? static_cast<int64_t>(value.size()) : 0;
+  comm.broadcast(&len, 1, DType::kInt64, root);
+  std::string out = comm.rank() == root ? value : std::string(static_cast<size_t>(len), '\0');
+  if (len > 0) comm.broadcast(out.data(), static_cast<size_t>(len), DType::kUInt8, root);
+  return out;
+}
+
+void run_agreed(Communicator& comm, const std::string& phase, const std::function<void()>& fn) {
+  ErrorKind kind = ErrorKind::kInternal;
+  std::string message;
+  bool failed = false;
+  try {
+    fn();
+  } catch (const Error& e) {
+    failed = true;
+    kind = e.kind();
+    message = e.what();
+  } catch (const std::exception& e) {
+    failed = true;
+    message = e.what();
+  }
+  // Lowest failing rank, or size() if none failed.
+  int64_t first_failed = failed ? comm.rank() : comm.size();
+  comm.all_reduce(&first_failed, 1, DType::kInt64, ReduceOp::kMin);
+  if (first_failed == comm.size()) return;
+
+  const int root = static_cast<int>(first_failed);
+  int64_t kind_code = static_cast<int64_t>(kind);
+  comm.broadcast(&kind_code, 1, DType::kInt64, root);
+  message = broadcast_string(comm, message, root);
+  if (comm.size() > 1) message = fmt::format("rank {}: {}", root, message);
+  throw AgreedError(static_cast<ErrorKind>(kind_code), fmt::format("{}: {}", phase, message));
+}
+
+}  // namespace ddp

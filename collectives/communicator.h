@@ -1,0 +1,75 @@
+// Communicator: the one seam through which ranks talk to each other.
+//
+// The runtime's DDP engine all-reduces gradients through it and the checkpoint code gathers
+// state through it; neither knows which backend is underneath. Buffers are raw pointers plus
+// an element count and a DType, so this layer needs no LibTorch (runtime/tensor_comm.h adds
+// the tensor overloads). For the NCCL backend the pointers are device pointers.
+//
+// Contract for every collective: all ranks of the communicator call it, in the same order,
+// with matching counts and dtypes. Every blocking call and every Work::wait() is bounded by
+// options().timeout_s; on expiry the call throws ddp::Error(kTimeout) naming the collective
+// (non-blocking waits) or a watchdog ends the whole job with that message (blocking calls).
+//
+// Thread-safety: a Communicator may be used from one thread at a time, except that a Work
+// returned by all_reduce_async may be tested/waited from the thread that later uses the
+// communicator (autograd hooks launch, the training thread waits).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "collectives/dtype.h"
+
+namespace ddp {
+
+struct CommunicatorOptions {
+  // Upper bound on any wait, in seconds. A rank that died or stalls makes the others fail
+  // with a message instead of hanging forever.
+  double timeout_s = 300.0;
+};
+
+// A launched non-blocking collective. Destroying an unfinished Work waits for it.
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Makes progress and reports completion without blocking.
+  virtual bool test() = 0;
+  // Blocks until done or the communicator's timeout passes (throws ddp::Error(kTimeout)).
+  virtual void wait() = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const char* backend_name() const = 0;
+  virtual const CommunicatorOptions& options() const = 0;
+
+  virtual void barrier() = 0;
+  // In place: root's `count` elements are copied into every rank's `data`.
+  virtual void broadcast(void* data, size_t count, DType dtype, int root) = 0;
+  // In place reduction of `count` elements across all ranks.
+  virtual void all_reduce(void* data, size_t count, DType dtype, ReduceOp op) = 0;
+  // Same, non-blocking. REQUIRES: `data` stays valid and untouched until the Work completes.
+  virtual std::unique_ptr<Work> all_reduce_async(void* data, size_t count, DType dtype,
+                                                 ReduceOp op) = 0;
+  // recv holds size() * count elements, rank r's contribution at offset r * count.
+  virtual void all_gather(const void* send, void* recv, size_t count, DType dtype) = 0;
+  // Gathers a variable number of bytes from every rank to `root`. At root the result has
+  // size() entries (rank order); elsewhere it is empty. Host memory only.
+  virtual std::vector<std::vector<uint8_t>> gather_bytes(const void* data, size_t bytes,
+                                                         int root) = 0;
+  // Ends every process of the job with `exit_code`. Used when one rank cannot continue and
+  // the others may be blocked in a collective.
+  [[noreturn]] virtual void abort(int exit_code) = 0;
+};
+
+// Broadcasts a string from root (host memory). Convenience built on broadcast().
+std::string broadcast_string(Communicator& comm, const std::string& value, int root);
+
+}  // namespace ddp

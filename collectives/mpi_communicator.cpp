@@ -1,0 +1,302 @@
+#include "collectives/mpi_communicator.h"
+
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <mutex>
+
+#include <fmt/format.h>
+
+#include "collectives/error.h"
+#include "collectives/mpi_check.h"
+
+namespace ddp {
+namespace {
+
+// Largest element count handed to one MPI call (MPI counts are int).
+constexpr size_t kMaxChunk = size_t{1} << 30;
+
+template <uint16_t (*kToBits)(float), float (*kFromBits)(uint16_t)>
+void sum_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
+  auto* a = static_cast<const uint16_t*>(in);
+  auto* b = static_cast<uint16_t*>(inout);
+  for (int i = 0; i < *len; ++i) b[i] = kToBits(kFromBits(a[i]) + kFromBits(b[i]));
+}
+
+struct Ops16 {
+  MPI_Op half_sum = MPI_OP_NULL;
+  MPI_Op bf16_sum = MPI_OP_NULL;
+};
+
+const Ops16& ops16() {
+  static Ops16 ops;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    DDP_MPI_CHECK(MPI_Op_create(&sum_16bit<float_to_half, half_to_float>, 1, &ops.half_sum));
+    DDP_MPI_CHECK(MPI_Op_create(&sum_16bit<float_to_bf16, bf16_to_float>, 1, &ops.bf16_sum));
+  });
+  return ops;
+}
+
+MPI_Datatype mpi_type(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return MPI_FLOAT;
+    case DType::kFloat64: return MPI_DOUBLE;
+    case DType::kFloat16:
+    case DType::kBFloat16: return MPI_UINT16_T;
+    case DType::kInt32: return MPI_INT32_T;
+    case DType::kInt64: return MPI_INT64_T;
+    case DType::kUInt8: return MPI_UINT8_T;
+  }
+  throw Error(ErrorKind::kInternal, "unknown DType");
+}
+
+MPI_Op mpi_op(DType dtype, ReduceOp op) {
+  if (dtype == DType::kFloat16 || dtype == DType::kBFloat16) {
+    if (op != ReduceOp::kSum && op != ReduceOp::kAvg) {
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("all_reduce: op '{}' is not supported for {} on the MPI backend",
+                              reduce_op_name(op), dtype_name(dtype)));
+    }
+    return dtype == DType::kFloat16 ? ops16().half_sum : ops16().bf16_sum;
+  }
+  switch (op) {
+    case ReduceOp::kSum:
+    case ReduceOp::kAvg: return MPI_SUM;
+    case ReduceOp::kMax: return MPI_MAX;
+    case ReduceOp::kMin: return MPI_MIN;
+  }
+  throw Error(ErrorKind::kInternal, "unknown ReduceOp");
+}
+
+void check_avg(DType dtype, ReduceOp op) {
+  if (op == ReduceOp::kAvg && !is_floating(dtype)) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("all_reduce: 'avg' needs a floating-point dtype, got {}",
+                            dtype_name(dtype)));
+  }
+}
+
+// Divides `count` elements by `divisor` in place (the second half of ReduceOp::kAvg).
+void scale_in_place(void* data, size_t count, DType dtype, int divisor) {
+  if (divisor == 1) return;
+  switch (dtype) {
+    case DType::kFloat32: {
+      auto* p = static_cast<float*>(data);
+      const float inv = 1.0f / static_cast<float>(divisor);
+      for (size_t i = 0; i < count; ++i) p[i] *= inv;
+      return;
+    }
+    case DType::kFloat64: {
+      auto* p = static_cast<double*>(data);
+      for (size_t i = 0; i < count; ++i) p[i] /= divisor;
+      return;
+    }
+    case DType::kFloat16: {
+      auto* p = static_cast<uint16_t*>(data);
+      for (size_t i = 0; i < count; ++i) p[i] = float_to_half(half_to_float(p[i]) / divisor);
+      return;
+    }
+    case DType::kBFloat16: {
+      auto* p = static_cast<uint16_t*>(data);
+      for (size_t i = 0; i < count; ++i) p[i] = float_to_bf16(bf16_to_float(p[i]) / divisor);
+      return;
+    }
+    default: throw Error(ErrorKind::kInternal, "scale_in_place on a non-floating dtype");
+  }
+}
+
+int checked_int(size_t count, const char* call) {
+  if (count > static_cast<size_t>(INT_MAX)) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{}: {} elements exceed MPI's int count", call, count));
+  }
+  return static_cast<int>(count);
+}
+
+class MpiWork final : public Work {
+ public:
+  MpiWork(MPI_Request request, void* data, size_t count, DType dtype, ReduceOp op, int size,
+          double timeout_s)
+      : request_(request), data_(data), count_(count), dtype_(dtype), op_(op), size_(size),
+        timeout_s_(timeout_s) {}
+
+  ~MpiWork() override {
+    if (!done_) {
+      try {
+        wait();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "ddp: abandoning an unfinished all-reduce: %s\n", e.what());
+      }
+    }
+  }
+
+  bool test() override {
+    if (done_) return true;
+    int flag = 0;
+    DDP_MPI_CHECK(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE));
+    if (flag) finish();
+    return done_;
+  }
+
+  void wait() override {
+    using clock = std::chrono::steady_clock;
+    const auto deadline = clock::now() + std::chrono::duration<double>(timeout_s_);
+    for (unsigned spins = 0; !test(); ++spins) {
+      if ((spins & 1023u) == 0 && clock::now() > deadline) {
+        throw Error(ErrorKind::kTimeout,
+                    fmt::format("MPI_Iallreduce of {} {} elements on rank {} did not complete "
+                                "within {} s (ddp.timeout_s): a peer rank died or stalled",
+                                count_, dtype_name(dtype_), world_rank_or_minus_one(),
+                                timeout_s_));
+      }
+    }
+  }
+
+ private:
+  void finish() {
+    done_ = true;
+    if (op_ == ReduceOp::kAvg) scale_in_place(data_, count_, dtype_, size_);
+  }
+
+  MPI_Request request_;
+  void* data_;
+  size_t count_;
+  DType dtype_;
+  ReduceOp op_;
+  int size_;
+  double timeout_s_;
+  bool done_ = false;
+};
+
+}  // namespace
+
+MpiRuntime::MpiRuntime(int* argc, char*** argv) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) DDP_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &thread_level_));
+}
+
+MpiRuntime::~MpiRuntime() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();
+}
+
+MpiCommunicator::MpiCommunicator(CommunicatorOptions options, MPI_Comm comm)
+    : options_(options) {
+  if (!(options_.timeout_s > 0)) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("timeout_s must be > 0, got {}", options_.timeout_s));
+  }
+  DDP_MPI_CHECK(MPI_Comm_dup(comm, &comm_));
+  DDP_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  DDP_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  DDP_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  ops16();
+  const int rank = rank_;
+  MPI_Comm abort_comm = comm_;
+  watchdog_ = std::make_unique<Watchdog>(options_.timeout_s, [rank, abort_comm](
+                                                                 const char* what, double s) {
+    std::fprintf(stderr,
+                 "ddp: rank %d: %s did not complete within %.1f s (ddp.timeout_s): a peer rank "
+                 "died or stalled; aborting all ranks\n",
+                 rank, what, s);
+    std::fflush(stderr);
+    MPI_Abort(abort_comm, kExitDistributed);
+  });
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  watchdog_.reset();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
+}
+
+void MpiCommunicator::barrier() {
+  Watchdog::Scope guard(*watchdog_, "MPI_Barrier");
+  DDP_MPI_CHECK(MPI_Barrier(comm_));
+}
+
+void MpiCommunicator::broadcast(void* data, size_t count, DType dtype, int root) {
+  Watchdog::Scope guard(*watchdog_, "MPI_Bcast");
+  auto* bytes = static_cast<char*>(data);
+  const size_t esize = dtype_size(dtype);
+  for (size_t off = 0; off < count; off += kMaxChunk) {
+    const size_t n = std::min(kMaxChunk, count - off);
+    DDP_MPI_CHECK(MPI_Bcast(bytes + off * esize, static_cast<int>(n), mpi_type(dtype), root, comm_));
+  }
+}
+
+void MpiCommunicator::all_reduce(void* data, size_t count, DType dtype, ReduceOp op) {
+  check_avg(dtype, op);
+  const MPI_Op mop = mpi_op(dtype, op);
+  Watchdog::Scope guard(*watchdog_, "MPI_Allreduce");
+  auto* bytes = static_cast<char*>(data);
+  const size_t esize = dtype_size(dtype);
+  for (size_t off = 0; off < count; off += kMaxChunk) {
+    const size_t n = std::min(kMaxChunk, count - off);
+    DDP_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, bytes + off * esize, static_cast<int>(n),
+                                mpi_type(dtype), mop, comm_));
+  }
+  if (op == ReduceOp::kAvg) scale_in_place(data, count, dtype, size_);
+}
+
+std::unique_ptr<Work> MpiCommunicator::all_reduce_async(void* data, size_t count, DType dtype,
+                                                        ReduceOp op) {
+  check_avg(dtype, op);
+  const MPI_Op mop = mpi_op(dtype, op);
+  MPI_Request request = MPI_REQUEST_NULL;
+  DDP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, checked_int(count, "MPI_Iallreduce"),
+                               mpi_type(dtype), mop, comm_, &request));
+  return std::make_unique<MpiWork>(request, data, count, dtype, op, size_, options_.timeout_s);
+}
+
+void MpiCommunicator::all_gather(const void* send, void* recv, size_t count, DType dtype) {
+  Watchdog::Scope guard(*watchdog_, "MPI_Allgather");
+  const int n = checked_int(count, "MPI_Allgather");
+  DDP_MPI_CHECK(MPI_Allgather(count ? send : nullptr, n, mpi_type(dtype), recv, n,
+                              mpi_type(dtype), comm_));
+}
+
+std::vector<std::vector<uint8_t>> MpiCommunicator::gather_bytes(const void* data, size_t bytes,
+                                                                int root) {
+  Watchdog::Scope guard(*watchdog_, "MPI_Gatherv");
+  int64_t mine = static_cast<int64_t>(bytes);
+  std::vector<int64_t> sizes(rank_ == root ? size_ : 0);
+  DDP_MPI_CHECK(MPI_Gather(&mine, 1, MPI_INT64_T, sizes.data(), 1, MPI_INT64_T, root, comm_));
+  std::vector<int> counts, displs;
+  std::vector<uint8_t> flat;
+  if (rank_ == root) {
+    counts.resize(size_);
+    displs.resize(size_);
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      displs[r] = checked_int(static_cast<size_t>(total), "MPI_Gatherv");
+      counts[r] = checked_int(static_cast<size_t>(sizes[r]), "MPI_Gatherv");
+      total += sizes[r];
+    }
+    checked_int(static_cast<size_t>(total), "MPI_Gatherv");
+    flat.resize(static_cast<size_t>(total));
+  }
+  DDP_MPI_CHECK(MPI_Gatherv(data, static_cast<int>(bytes), MPI_BYTE, flat.data(), counts.data(),
+                            displs.data(), MPI_BYTE, root, comm_));
+  std::vector<std::vector<uint8_t>> out;
+  if (rank_ == root) {
+    out.resize(size_);
+    for (int r = 0; r < size_; ++r) {
+      out[r].assign(flat.begin() + displs[r], flat.begin() + displs[r] + counts[r]);
+    }
+  }
+  return out;
+}
+
+void MpiCommunicator::abort(int exit_code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  MPI_Abort(comm_, exit_code);
+  std::_Exit(exit_code);
+}
+
+}  // namespace ddp

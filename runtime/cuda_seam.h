@@ -1,0 +1,18 @@
+// The one seam between ddp-runtime and a CUDA-enabled LibTorch.
+//
+// Debian's LibTorch is CPU-only; the PyPI wheel's LibTorch has CUDA. Everything that needs
+// torch's CUDA API (the current stream, device count as torch sees it) is behind these
+// functions, compiled for real only when DDP_TORCH_HAS_CUDA is set by CMake. Without it they
+// report "no CUDA" and the NCCL backend, which still compiles and links, is never selected.
+#pragma once
+
+namespace ddp {
+
+// True when this LibTorch was built with CUDA and at least one GPU is visible.
+bool torch_cuda_available();
+// torch's current CUDA stream on the current device (a cudaStream_t), or nullptr.
+void* torch_current_cuda_stream();
+// Blocks until all work on the current CUDA device is done (no-op without CUDA).
+void torch_cuda_synchronize();
+
+}  // namespace ddp

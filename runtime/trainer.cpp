@@ -1,0 +1,330 @@
+#include "runtime/trainer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include "collectives/agreement.h"
+#include "collectives/error.h"
+#include "runtime/cuda_seam.h"
+#include "runtime/ddp_engine.h"
+#include "runtime/metrics.h"
+
+#if defined(DDP_WITH_NCCL)
+#include "collectives/nccl_communicator.h"
+#endif
+
+namespace ddp {
+namespace {
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+torch::ScalarType wire_dtype(const std::string& compression) {
+  if (compression == "fp16") return torch::kFloat16;
+  if (compression == "bf16") return torch::kBFloat16;
+  return torch::kFloat32;
+}
+
+// Mean of `value` over all ranks (host collective).
+double global_mean(Communicator& comm, double value) {
+  comm.all_reduce(&value, 1, DType::kFloat64, ReduceOp::kAvg);
+  return value;
+}
+
+}  // namespace
+
+Trainer::Trainer(Config config, Communicator& control)
+    : config_(std::move(config)), control_(control) {
+  run_agreed(control_, "set-up", [&] { setup(); });
+  run_agreed(control_, "model synchronisation", [&] {
+    DdpOptions options;
+    options.bucket_cap_mb = config_.ddp.bucket_cap_mb;
+    options.wire_dtype = wire_dtype(config_.ddp.compression);
+    engine_ = std::make_unique<DdpEngine>(model_, *grad_comm_, control_, options);
+  });
+  // Per-rank RNG stream (dropout etc.), distinct per rank, reproducible per seed.
+  torch::manual_seed(static_cast<uint64_t>(config_.trainer.seed) + 1 +
+                     static_cast<uint64_t>(control_.rank()));
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::setup() {
+  const auto& tc = config_.trainer;
+  const int rank = control_.rank();
+  const int world = control_.size();
+
+  if (config_.model.device == "cuda") {
+    if (!torch_cuda_available()) {
+      throw Error(ErrorKind::kInvalidArgument,
+                  "model.device=cuda, but no CUDA GPU is usable here (no GPU visible, or this "
+                  "LibTorch was built without CUDA); use model.device=cpu");
+    }
+    device_ = torch::Device(torch::kCUDA, 0);
+  }
+  std::string backend = config_.ddp.backend;
+  if (backend == "auto") backend = device_.is_cuda() ? "nccl" : "mpi";
+  if (backend == "nccl" && !device_.is_cuda()) {
+    throw Error(ErrorKind::kInvalidArgument,
+                "ddp.backend=nccl needs model.device=cuda (NCCL reduces GPU memory)");
+  }
+  if (backend == "mpi" && device_.is_cuda()) {
+    throw Error(ErrorKind::kInvalidArgument,
+                "ddp.backend=mpi carries host memory only; use ddp.backend=nccl (or auto) with "
+                "model.device=cuda");
+  }
+  if (backend == "nccl") {
+#if defined(DDP_WITH_NCCL)
+    auto* mpi = dynamic_cast<MpiCommunicator*>(&control_);
+    if (!mpi) throw Error(ErrorKind::kInternal, "the NCCL backend needs an MPI bootstrap");
+    auto nccl = std::make_unique<NcclCommunicator>(*mpi, -1, control_.options());
+    device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(nccl->device()));
+    nccl->set_compute_stream(static_cast<CUstream_st*>(torch_current_cuda_stream()));
+    owned_grad_comm_ = std::move(nccl);
+#else
+    throw Error(ErrorKind::kInvalidArgument,
+                "ddp.backend=nccl, but this build has no NCCL backend (DDP_WITH_NCCL=OFF)");
+#endif
+  }
+  grad_comm_ = owned_grad_comm_ ? owned_grad_comm_.get() : &control_;
+  if (tc.precision != "32") {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("trainer.precision={} is not available in this build of the "
+                            "trainer; use trainer.precision=32",
+                            tc.precision));
+  }
+
+  data_ = make_datasets(config_.data, tc.seed);
+  // Same initial weights on every rank for a given seed (rank 0's are broadcast anyway).
+  torch::manual_seed(static_cast<uint64_t>(tc.seed));
+  model_ = ModelRegistry::global().create(config_.model, data_.train->info());
+  model_->to(device_);
+
+  sampler_ = std::make_unique<DistributedSampler>(data_.train->size(), rank, world,
+                                                  config_.data.shuffle, tc.seed,
+                                                  config_.data.drop_last);
+  const int64_t shard = sampler_->num_samples();
+  micro_per_epoch_ = config_.data.drop_last ? shard / tc.batch_size
+                                            : (shard + tc.batch_size - 1) / tc.batch_size;
+  if (micro_per_epoch_ == 0) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("trainer.batch_size={} is larger than this rank's shard of {} "
+                            "samples ({} training samples over {} ranks); lower "
+                            "trainer.batch_size, add data, or set data.drop_last=false",
+                            tc.batch_size, shard, data_.train->size(), world));
+  }
+  steps_per_epoch_ =
+      (micro_per_epoch_ + tc.accumulate_grad_batches - 1) / tc.accumulate_grad_batches;
+  const int64_t epoch_steps = tc.max_epochs > 0 ? tc.max_epochs * steps_per_epoch_ : -1;
+  total_steps_ = tc.max_steps > 0 && epoch_steps > 0 ? std::min(tc.max_steps, epoch_steps)
+                 : tc.max_steps > 0                   ? tc.max_steps
+                                                      : epoch_steps;
+
+  std::vector<torch::Tensor> params;
+  for (auto& p : model_->parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  optimizer_ = make_optimizer(config_.optimizer, params);
+  schedule_ = std::make_unique<LrSchedule>(config_.scheduler, config_.optimizer.lr, total_steps_);
+
+  run_dir_ = (std::filesystem::path(tc.default_root_dir) / tc.name).string();
+  if (rank == 0) {
+    std::error_code ec;
+    std::filesystem::create_directories(run_dir_, ec);
+    if (ec) {
+      throw Error(ErrorKind::kIOError,
+                  fmt::format("cannot create run directory '{}': {}", run_dir_, ec.message()));
+    }
+    std::ofstream(std::filesystem::path(run_dir_) / "config.yaml") << config_.resolved_yaml;
+    csv_ = std::make_unique<CsvLogger>(
+        (std::filesystem::path(run_dir_) / "metrics.csv").string(),
+        std::vector<std::string>{"epoch", "step", "train_loss", "val_loss", "lr",
+                                 "samples_per_s"});
+    progress_ = std::make_unique<ProgressReporter>(tc.progress_bar);
+  }
+}
+
+Batch Trainer::load_batch(const Dataset& data, const std::vector<int64_t>& indices) const {
+  Batch b = data.get(indices);
+  if (device_.is_cuda()) {
+    b.x = b.x.to(device_, /*non_blocking=*/true);
+    b.y = b.y.to(device_, /*non_blocking=*/true);
+  }
+  return b;
+}
+
+void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t first_micro,
+                         int64_t num_micro, double* loss_out) {
+  const int64_t bs = config_.trainer.batch_size;
+  const Task task = data_.train->info().task;
+  const bool sync_buffers = control_.size() > 1 && !model_->buffers().empty();
+  engine_->zero_grad();
+  set_learning_rate(*optimizer_, schedule_->lr_at(state_.global_step));
+  double loss_sum = 0.0;
+  for (int64_t m = 0; m < num_micro; ++m) {
+    const int64_t begin = (first_micro + m) * bs;
+    const int64_t end = std::min<int64_t>(begin + bs, static_cast<int64_t>(epoch_indices.size()));
+    std::vector<int64_t> idx(epoch_indices.begin() + begin, epoch_indices.begin() + end);
+    if (sync_buffers) engine_->broadcast_buffers();
+    Batch batch = load_batch(*data_.train, idx);
+    torch::Tensor loss = compute_loss(task, model_->forward(batch.x), batch.y) /
+                         static_cast<double>(num_micro);
+    engine_->prepare_backward(/*sync=*/m == num_micro - 1);
+    loss.backward();
+    loss_sum += loss.item<double>();
+    samples_done_ += static_cast<int64_t>(idx.size()) * control_.size();
+  }
+  engine_->finish_backward();
+  if (config_.trainer.gradient_clip_val > 0) {
+    torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.trainer.gradient_clip_val);
+  }
+  optimizer_->step();
+  *loss_out = loss_sum;
+}
+
+bool Trainer::should_validate(int64_t micro_done, int64_t step) const {
+  const auto& tc = config_.trainer;
+  if (tc.check_val_every_n_epoch == 0 || data_.val->size() == 0) return false;
+  if ((state_.epoch + 1) % tc.check_val_every_n_epoch != 0) return false;
+  if (tc.val_check_interval > 1.0) {
+    return step % static_cast<int64_t>(tc.val_check_interval) == 0;
+  }
+  const int64_t every = std::max<int64_t>(
+      1, static_cast<int64_t>(tc.val_check_interval * static_cast<double>(micro_per_epoch_)));
+  return micro_done % every == 0 || micro_done == micro_per_epoch_;
+}
+
+double Trainer::validate() {
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  const int64_t n = data_.val->size();
+  const int64_t bs = config_.trainer.batch_size;
+  const Task task = data_.val->info().task;
+  double sums[2] = {0.0, 0.0};  // loss * samples, samples
+  std::vector<int64_t> idx;
+  int64_t batches = 0;
+  for (int64_t i = control_.rank(); i < n; i += control_.size()) {
+    idx.push_back(i);
+    const bool last = i + control_.size() >= n;
+    if (static_cast<int64_t>(idx.size()) == bs || (last && !idx.empty())) {
+      if (config_.trainer.limit_val_batches >= 0 && batches >= config_.trainer.limit_val_batches)
+        break;
+      Batch b = load_batch(*data_.val, idx);
+      const double loss = compute_loss(task, model_->forward(b.x), b.y).item<double>();
+      sums[0] += loss * static_cast<double>(idx.size());
+      sums[1] += static_cast<double>(idx.size());
+      idx.clear();
+      ++batches;
+    }
+  }
+  model_->train();
+  control_.all_reduce(sums, 2, DType::kFloat64, ReduceOp::kSum);
+  return sums[1] > 0 ? sums[0] / sums[1] : NAN;
+}
+
+void Trainer::log_step(double loss, std::optional<double> val_loss) {
+  const double elapsed = now_s() - fit_start_s_;
+  const double sps = elapsed > 0 ? static_cast<double>(samples_done_) / elapsed : 0.0;
+  if (control_.rank() != 0) return;
+  std::map<std::string, double> row{{"epoch", static_cast<double>(state_.epoch)},
+                                    {"step", static_cast<double>(state_.global_step)},
+                                    {"lr", schedule_->lr_at(std::max<int64_t>(
+                                               0, state_.global_step - 1))},
+                                    {"samples_per_s", sps}};
+  if (!std::isnan(loss)) row["train_loss"] = loss;
+  if (val_loss) row["val_loss"] = *val_loss;
+  csv_->log(row);
+  ProgressSnapshot snap;
+  snap.epoch = state_.epoch;
+  snap.step = state_.global_step;
+  snap.total_steps = total_steps_;
+  snap.loss = loss;
+  snap.samples_per_s = sps;
+  snap.elapsed_s = elapsed;
+  snap.val_loss = val_loss;
+  progress_->update(snap);
+}
+
+TrainResult Trainer::fit() {
+  const auto& tc = config_.trainer;
+  fit_start_s_ = now_s();
+  samples_done_ = 0;
+  model_->train();
+  if (control_.rank() == 0) {
+    progress_->message(fmt::format(
+        "ddp-train: {} ranks, backend {}, model {} ({} parameters), {} steps/epoch, {} steps "
+        "planned, global batch {}",
+        control_.size(), grad_comm_->backend_name(), config_.model.name,
+        [&] {
+          int64_t n = 0;
+          for (const auto& p : model_->parameters()) n += p.numel();
+          return n;
+        }(),
+        steps_per_epoch_, total_steps_,
+        tc.batch_size * control_.size() * tc.accumulate_grad_batches));
+  }
+  int64_t epochs_started = 0;
+  bool done = total_steps_ >= 0 && state_.global_step >= total_steps_;
+  while (!done) {
+    if (tc.max_epochs > 0 && state_.epoch >= tc.max_epochs) break;
+    ++epochs_started;
+    sampler_->set_epoch(state_.epoch);
+    const std::vector<int64_t> indices = sampler_->indices();
+    while (state_.batch_in_epoch < micro_per_epoch_) {
+      const int64_t num_micro =
+          std::min(tc.accumulate_grad_batches, micro_per_epoch_ - state_.batch_in_epoch);
+      double loss = 0.0;
+      train_step(indices, state_.batch_in_epoch, num_micro, &loss);
+      state_.batch_in_epoch += num_micro;
+      ++state_.global_step;
+      window_loss_sum_ += loss;
+      ++window_steps_;
+
+      std::optional<double> val;
+      if (should_validate(state_.batch_in_epoch, state_.global_step)) {
+        val = validate();
+        last_val_loss_ = val;
+      }
+      const bool last_step = total_steps_ >= 0 && state_.global_step >= total_steps_;
+      if (state_.global_step % tc.log_every_n_steps == 0 || val || last_step) {
+        const double mean = global_mean(control_, window_loss_sum_ / window_steps_);
+        last_train_loss_ = mean;
+        window_loss_sum_ = 0.0;
+        window_steps_ = 0;
+        log_step(mean, val);
+      }
+      if (last_step) {
+        done = true;
+        break;
+      }
+    }
+    if (state_.batch_in_epoch >= micro_per_epoch_) {
+      ++state_.epoch;
+      state_.batch_in_epoch = 0;
+    }
+  }
+  if (control_.rank() == 0) progress_->finish();
+
+  TrainResult r;
+  r.steps = state_.global_step;
+  r.epochs = epochs_started;
+  r.final_train_loss = last_train_loss_;
+  r.final_val_loss = last_val_loss_;
+  r.wall_s = now_s() - fit_start_s_;
+  r.samples = samples_done_;
+  r.samples_per_s = r.wall_s > 0 ? static_cast<double>(samples_done_) / r.wall_s : 0.0;
+  r.world_size = control_.size();
+  r.backend = grad_comm_->backend_name();
+  r.run_dir = run_dir_;
+  return r;
+}
+
+}  // namespace ddp

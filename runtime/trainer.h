@@ -1,0 +1,121 @@
+// Trainer: the data-parallel training loop with PyTorch Lightning's vocabulary
+// (max_epochs, max_steps, accumulate_grad_batches, gradient_clip_val, val_check_interval).
+//
+// Every rank runs one Trainer over its DistributedSampler shard; the DdpEngine averages
+// gradients, so all replicas take identical optimizer steps. Set-up failures on any rank
+// (bad data file, batch larger than the shard, no GPU, model mismatch) are agreed on with
+// run_agreed and surface on every rank as the same ddp::AgreedError.
+//
+// The Trainer exposes everything needed to resume exactly (TrainerState, model, optimizer,
+// schedule, per-rank RNG): the checkpoint code reads and restores these.
+//
+// Thread-safety: one thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <torch/types.h>
+
+#include "collectives/communicator.h"
+#include "runtime/config.h"
+#include "runtime/data/dataset.h"
+#include "runtime/data/distributed_sampler.h"
+#include "runtime/models/model.h"
+#include "runtime/optim.h"
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace ddp {
+
+class DdpEngine;
+class CsvLogger;
+class ProgressReporter;
+
+// Position in training. All counters are global (identical on every rank).
+struct TrainerState {
+  int64_t epoch = 0;           // current epoch (0-based)
+  int64_t global_step = 0;     // optimizer steps taken
+  int64_t batch_in_epoch = 0;  // next micro-batch index within the epoch
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  int64_t epochs = 0;  // epochs started
+  double final_train_loss = NAN;
+  std::optional<double> final_val_loss;
+  double samples_per_s = 0.0;  // global samples per second over the whole fit
+  double wall_s = 0.0;
+  int64_t samples = 0;  // global samples consumed
+  int world_size = 1;
+  std::string backend;
+  std::string run_dir;
+};
+
+class Trainer {
+ public:
+  // `control` is a host (MPI) communicator over all ranks; gradients travel over it too
+  // unless the model is on CUDA (then an NCCL communicator is created on top of it).
+  // Throws ddp::AgreedError for set-up failures.
+  Trainer(Config config, Communicator& control);
+  ~Trainer();
+
+  TrainResult fit();
+
+  // Runs validation over this rank's shard and returns the global mean loss (collective).
+  double validate();
+
+  // --- State for checkpointing and tests.
+  const Config& config() const { return config_; }
+  Model& model() { return *model_; }
+  std::shared_ptr<Model> model_ptr() { return model_; }
+  torch::optim::Optimizer& optimizer() { return *optimizer_; }
+  TrainerState& state() { return state_; }
+  DdpEngine& engine() { return *engine_; }
+  Communicator& grad_comm() { return *grad_comm_; }
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t total_steps() const { return total_steps_; }
+
+ private:
+  void setup();
+  void train_step(const std::vector<int64_t>& epoch_indices, int64_t first_micro,
+                  int64_t num_micro, double* loss_out);
+  Batch load_batch(const Dataset& data, const std::vector<int64_t>& indices) const;
+  bool should_validate(int64_t micro_done, int64_t step) const;
+  void log_step(double loss, std::optional<double> val_loss);
+
+  Config config_;
+  Communicator& control_;
+  std::unique_ptr<Communicator> owned_grad_comm_;
+  Communicator* grad_comm_ = nullptr;
+  torch::Device device_{torch::kCPU};
+
+  DataSplits data_;
+  std::shared_ptr<Model> model_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<LrSchedule> schedule_;
+  std::unique_ptr<DdpEngine> engine_;
+  std::unique_ptr<DistributedSampler> sampler_;
+  std::unique_ptr<CsvLogger> csv_;
+  std::unique_ptr<ProgressReporter> progress_;
+
+  TrainerState state_;
+  int64_t micro_per_epoch_ = 0;
+  int64_t steps_per_epoch_ = 0;
+  int64_t total_steps_ = 0;
+  std::string run_dir_;
+
+  // Logging window (rank-local running loss since the last log row).
+  double window_loss_sum_ = 0.0;
+  int64_t window_steps_ = 0;
+  double last_train_loss_ = NAN;
+  std::optional<double> last_val_loss_;
+  double fit_start_s_ = 0.0;
+  int64_t samples_done_ = 0;
+};
+
+}  // namespace ddp
