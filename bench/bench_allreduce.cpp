@@ -1,9 +1,11 @@
 // bench_allreduce: MpiCommunicator::all_reduce against raw MPI_Allreduce, same buffer, same run.
 //
-//   mpirun -np 2 bench_allreduce [--rounds N] [--min-bytes B] [--max-bytes B] [--target-s S]
+//   mpirun -np 2 bench_allreduce [--rounds N] [--min-bytes B] [--max-bytes B]
+//                        [--block-mb M] [--min-iters K]
 //
 // For each message size (4 KiB .. 64 MiB of float32, x4 steps) it runs `rounds` rounds; a
-// round times three back-to-back blocks of `iters` calls each:
+// round times three back-to-back blocks of `iters` calls each (iters: about block-mb MiB of
+// payload per block, at least min-iters calls):
 //   raw    MPI_Allreduce(MPI_IN_PLACE, ..., MPI_COMM_WORLD)
 //   comm   ddp::MpiCommunicator::all_reduce(sum, in place)
 //   async  ddp::MpiCommunicator::all_reduce_async(...)->wait()
@@ -33,10 +35,11 @@
 namespace {
 
 struct Options {
-  int rounds = 7;                   // alternating rounds per size (odd: a true median)
+  int rounds = 11;                  // alternating rounds per size (odd: a true median)
   size_t min_bytes = 4 << 10;       // smallest message, bytes
   size_t max_bytes = 64 << 20;      // largest message, bytes
-  double target_s = 0.02;           // aimed-at duration of one block (all iters of one method)
+  size_t block_bytes = 64 << 20;    // bytes one block (all iters of one method) aims to reduce
+  int min_iters = 5;                // calls per block at least, however large the message
 };
 
 enum Method { kRaw = 0, kComm = 1, kAsync = 2, kNumMethods = 3 };
@@ -45,7 +48,7 @@ const char* const kMethodNames[kNumMethods] = {"raw", "comm", "async"};
 [[noreturn]] void usage(const char* argv0, const char* bad) {
   std::fprintf(stderr,
                "%s: bad argument '%s'\nusage: %s [--rounds N] [--min-bytes B] [--max-bytes B] "
-               "[--target-s S]\n",
+               "[--block-mb M] [--min-iters K]\n",
                argv0, bad, argv0);
   std::exit(2);
 }
@@ -64,13 +67,15 @@ Options parse(int argc, char** argv) {
       o.min_bytes = std::strtoull(value(), nullptr, 10);
     } else if (a == "--max-bytes") {
       o.max_bytes = std::strtoull(value(), nullptr, 10);
-    } else if (a == "--target-s") {
-      o.target_s = std::atof(value());
+    } else if (a == "--block-mb") {
+      o.block_bytes = static_cast<size_t>(std::atof(value()) * (1 << 20));
+    } else if (a == "--min-iters") {
+      o.min_iters = std::atoi(value());
     } else {
       usage(argv[0], argv[i]);
     }
   }
-  if (o.rounds < 1 || o.min_bytes < 4 || o.max_bytes < o.min_bytes || !(o.target_s > 0)) {
+  if (o.rounds < 1 || o.min_bytes < 4 || o.max_bytes < o.min_bytes || o.block_bytes < 1 || o.min_iters < 1) {
     usage(argv[0], "(out of range)");
   }
   return o;
@@ -107,18 +112,12 @@ double time_block(Method method, ddp::MpiCommunicator& comm, float* data, size_t
   return elapsed;
 }
 
-// Iterations per block so that one block lasts about target_s, from a probe of raw calls.
-// Every rank must agree, so the probe's time is the slowest rank's (time_block).
-int choose_iters(ddp::MpiCommunicator& comm, float* data, size_t count, double target_s) {
-  int probe = 2;
-  double t = time_block(kRaw, comm, data, count, probe);
-  while (t < 0.002 && probe < (1 << 16)) {  // too short to time: grow the probe
-    probe *= 4;
-    t = time_block(kRaw, comm, data, count, probe);
-  }
-  const double per_call = t / probe;
-  const double want = target_s / std::max(per_call, 1e-9);
-  return static_cast<int>(std::clamp(want, 3.0, 20000.0));
+// Iterations per block: enough calls to move about `block_bytes` (so small messages are timed
+// over many calls), but at least `min_iters`. A function of the size alone, so every rank
+// agrees without a (noisy) probe.
+int choose_iters(size_t bytes, const Options& o) {
+  const double want = static_cast<double>(o.block_bytes) / static_cast<double>(bytes);
+  return static_cast<int>(std::clamp(want, static_cast<double>(o.min_iters), 2000.0));
 }
 
 }  // namespace
@@ -140,8 +139,10 @@ int main(int argc, char** argv) {
     for (size_t bytes = opt.min_bytes; bytes <= opt.max_bytes; bytes *= 4) {
       const size_t count = bytes / sizeof(float);
       // Warm-up: first touch of the pages, MPI's shared-memory segments, Iallreduce schedules.
-      for (int m = 0; m < kNumMethods; ++m) time_block(static_cast<Method>(m), comm, buffer.data(), count, 2);
-      const int iters = choose_iters(comm, buffer.data(), count, opt.target_s);
+      for (int m = 0; m < kNumMethods; ++m) {
+        time_block(static_cast<Method>(m), comm, buffer.data(), count, 2);
+      }
+      const int iters = choose_iters(bytes, opt);
 
       std::vector<double> per_call[kNumMethods];
       for (int r = 0; r < opt.rounds; ++r) {

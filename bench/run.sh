@@ -97,12 +97,17 @@ CONFIG_ARGS=()
 if [[ -f $ROOT/configs/default.yaml ]]; then
   CONFIG_ARGS=(--config "$ROOT/configs/default.yaml")
 fi
-# Pinned even when the config says the same, so the comparison never drifts with it.
+# The job of configs/default.yaml, pinned even where the file says the same so that the
+# comparison never drifts from what torch_ddp_peer.py does.
 TRAIN_SET=(
   --set data.name=synthetic_classification --set data.num_features=64
   --set data.num_classes=10 --set model.name=mlp --set "model.hidden_sizes=[256,256]"
-  --set trainer.batch_size=64 --set optimizer.name=adamw --set optimizer.lr=0.001
-  --set trainer.accumulate_grad_batches=1 --set trainer.max_epochs=-1
+  --set model.dropout=0.0 --set model.device=cpu --set trainer.batch_size=64
+  --set optimizer.name=adamw --set optimizer.lr=0.001 --set optimizer.weight_decay=0.01
+  --set scheduler.name=cosine --set scheduler.warmup_steps=32 --set scheduler.min_lr=0.00001
+  --set trainer.gradient_clip_val=1.0 --set trainer.log_every_n_steps=16
+  --set ddp.backend=mpi --set ddp.bucket_cap_mb=25 --set ddp.compression=none
+  --set trainer.precision=32 --set trainer.accumulate_grad_batches=1 --set trainer.max_epochs=-1
   --set "trainer.max_steps=$TRAIN_STEPS" --set trainer.check_val_every_n_epoch=0
   --set trainer.progress_bar=off --set "trainer.default_root_dir=$RESULTS/runs"
 )

@@ -4,17 +4,21 @@
     MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 mpirun -np 2 -x MASTER_ADDR -x MASTER_PORT \\
         /usr/bin/python3 bench/torch_ddp_peer.py --steps 2000
 
-Same model (Linear(64,256)-ReLU-Linear(256,256)-ReLU-Linear(256,10)), per-rank batch 64,
-AdamW(lr 1e-3, weight_decay 0 as ddp-runtime's default), cross-entropy, one intra-op thread,
-gloo backend, DistributedDataParallel with its defaults (bucket_cap_mb 25). The data is random
-and pre-batched before the clock starts, so the peer pays nothing for data loading (ddp-train
-gathers each batch from its dataset): the comparison favours the peer.
+The job of configs/default.yaml (run.sh pins the same values on ddp-train's command line):
+model Linear(64,256)-ReLU-Linear(256,256)-ReLU-Linear(256,10), per-rank batch 64,
+cross-entropy, AdamW(lr 1e-3, weight_decay 0.01) under a cosine schedule with 32 warm-up steps
+down to 1e-5, gradient clipping at global L2 norm 1.0; one intra-op thread, gloo backend,
+DistributedDataParallel with its defaults (bucket_cap_mb 25). The data is random and
+pre-batched before the clock starts, and the loss is never read back, so the peer pays nothing
+for data loading or logging (ddp-train gathers each batch from its dataset and logs every 16
+steps): the comparison favours the peer.
 
 Rank and world size come from Open MPI's environment (OMPI_COMM_WORLD_RANK/SIZE). Rank 0
 prints one JSON line: global samples/s over the steps after --warmup.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -33,6 +37,11 @@ def main() -> int:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--hidden", type=str, default="256,256")
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--lr-warmup", type=int, default=32, help="cosine warm-up steps")
+    parser.add_argument("--min-lr", type=float, default=1e-5)
+    parser.add_argument("--clip", type=float, default=1.0, help="max grad norm; 0: off")
     parser.add_argument("--num-batches", type=int, default=128,
                         help="distinct pre-made batches per rank, cycled (an epoch's worth)")
     args = parser.parse_args()
@@ -56,7 +65,7 @@ def main() -> int:
         layers += [nn.Linear(a, b), nn.ReLU()]
     layers.append(nn.Linear(sizes[-1], args.classes))
     model = DistributedDataParallel(nn.Sequential(*layers))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
 
     gen = torch.Generator().manual_seed(1000 + rank)
@@ -64,11 +73,21 @@ def main() -> int:
                 torch.randint(args.classes, (args.batch,), generator=gen))
                for _ in range(args.num_batches)]
 
+    def lr_at(i: int) -> float:  # ddp-runtime's LrSchedule, "cosine"
+        if i < args.lr_warmup:
+            return args.lr * (i + 1) / args.lr_warmup
+        t = min(1.0, (i - args.lr_warmup) / max(1, args.steps - args.lr_warmup))
+        return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1.0 + math.cos(math.pi * t))
+
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(i)
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
+        if args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
 
     for i in range(args.warmup):

@@ -76,7 +76,8 @@ std::vector<std::string> children_of(std::string_view parent) {
   std::vector<std::string> out;
   for (const Field& f : schema()) {
     std::string child = parent.empty() ? f.section : (parent == f.section ? f.name : "");
-    if (!child.empty() && std::find(out.begin(), out.end(), child) == out.end()) out.push_back(child);
+    if (!child.empty() && std::find(out.begin(), out.end(), child) == out.end())
+      out.push_back(child);
   }
   return out;
 }
@@ -120,7 +121,8 @@ const Field* find_map_field(const std::string& key) {
   for (const Field& f : schema()) {
     const std::string prefix = f.key() + ".";
     const bool is_map = std::holds_alternative<std::map<std::string, std::string>*>(f.get(probe));
-    if (is_map && key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0) return &f;
+    if (is_map && key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0)
+      return &f;
   }
   return nullptr;
 }
@@ -205,7 +207,9 @@ std::string to_string(const YAML::Node& node, const std::string& key, const Sour
 }
 
 template <class... F>
-struct Overloaded : F... { using F::operator()...; };
+struct Overloaded : F... {
+  using F::operator()...;
+};
 template <class... F>
 Overloaded(F...) -> Overloaded<F...>;
 
@@ -345,8 +349,8 @@ std::string format_double(double v) {
 // Strings that a YAML reader would take for something else are written quoted.
 void emit_string(YAML::Emitter& out, const std::string& s) {
   const std::string l = lower(s);
-  const bool ambiguous = s.empty() || l == "null" || l == "~" || parse_bool(s) ||
-                         parse_double(s) || parse_int(s) || s != trim(s);
+  const bool ambiguous = s.empty() || l == "null" || l == "~" || parse_bool(s) || parse_double(s) ||
+                         parse_int(s) || s != trim(s);
   if (ambiguous) out << YAML::DoubleQuoted;
   out << s;
 }
@@ -388,8 +392,8 @@ std::string emit_yaml(Config config) {  // by value: Field::get wants a mutable 
   if (!section.empty()) out << YAML::EndMap;
   out << YAML::EndMap;
   if (!out.good()) {
-    throw Error(ErrorKind::kInternal, fmt::format("emitting the resolved config: {}",
-                                                  out.GetLastError()));
+    throw Error(ErrorKind::kInternal,
+                fmt::format("emitting the resolved config: {}", out.GetLastError()));
   }
   return std::string(out.c_str()) + "\n";
 }

@@ -20,9 +20,9 @@ using FieldRef = std::variant<int64_t*, double*, bool*, std::string*, std::vecto
                               std::map<std::string, std::string>*>;
 
 struct Field {
-  const char* section;        // "trainer"
-  const char* name;           // "max_steps"
-  FieldRef (*get)(Config&);   // the member it sets
+  const char* section;       // "trainer"
+  const char* name;          // "max_steps"
+  FieldRef (*get)(Config&);  // the member it sets
   std::string key() const { return std::string(section) + "." + name; }
 };
 

@@ -53,7 +53,8 @@ ddp:
   compression: none             # all-reduce payload: none | fp16 | bf16
   timeout_s: 300.0              # bound on every collective wait, seconds
 data:
-  name: synthetic_classification  # synthetic_classification | synthetic_regression | csv | mnist | tokens
+  # synthetic_classification | synthetic_regression | csv | mnist | tokens
+  name: synthetic_classification
   path: ""                      # csv file / mnist directory / token file
   val_path: ""                  # optional separate validation file (else val_fraction of path)
   val_fraction: 0.1             # file datasets: share of samples held out for validation
@@ -85,8 +86,10 @@ model:
 namespace ddp::config_internal {
 
 // One table row per key; the macro keeps the key's spelling identical to the member's name.
+// clang-format off
 #define DDP_CONFIG_FIELD(section, name) \
   Field { #section, #name, [](Config& c) -> FieldRef { return &c.section.name; } }
+// clang-format on
 
 const std::vector<Field>& schema() {
   static const std::vector<Field> fields{
@@ -232,14 +235,16 @@ void validate_optimizer(const OptimizerConfig& o) {
 void validate_scheduler(const SchedulerConfig& s, const TrainerConfig& t) {
   one_of("scheduler.name", s.name, {"none", "step", "cosine"});
   at_least("scheduler.step_size", s.step_size, 1);
-  if (!(s.gamma > 0 && s.gamma <= 1)) fail("scheduler.gamma", "in (0, 1]", fmt::format("{}", s.gamma));
+  if (!(s.gamma > 0 && s.gamma <= 1))
+    fail("scheduler.gamma", "in (0, 1]", fmt::format("{}", s.gamma));
   at_least("scheduler.warmup_steps", s.warmup_steps, 0);
   non_negative("scheduler.min_lr", s.min_lr);
   if (s.name == "cosine" && t.max_steps < 1) {
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("config key 'scheduler.name': 'cosine' requires trainer.max_steps >= 1 "
-                            "(the schedule reaches min_lr at max_steps), got trainer.max_steps = {}",
-                            t.max_steps));
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("config key 'scheduler.name': 'cosine' requires trainer.max_steps >= 1 "
+                    "(the schedule reaches min_lr at max_steps), got trainer.max_steps = {}",
+                    t.max_steps));
   }
 }
 
@@ -261,9 +266,9 @@ void validate_data(const DataConfig& d) {
          {"synthetic_classification", "synthetic_regression", "csv", "mnist", "tokens"});
   const bool file_backed = d.name == "csv" || d.name == "mnist" || d.name == "tokens";
   if (file_backed && d.path.empty()) {
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("config key 'data.path': data.path is required for data.name={}",
-                            d.name));
+    throw Error(
+        ErrorKind::kInvalidArgument,
+        fmt::format("config key 'data.path': data.path is required for data.name={}", d.name));
   }
   unit_interval("data.val_fraction", d.val_fraction);
   at_least("data.num_samples", d.num_samples, 1);

@@ -7,6 +7,7 @@
 // IDX: a big-endian uint32 magic (2051 images, 2049 labels), big-endian uint32 dimensions,
 // then uint8 data. x is float32 [N, 1, rows, cols], scaled to [0, 1] and normalised with the
 // usual MNIST mean and std; y is int64 [N] in [0, 10).
+#include <algorithm>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -76,23 +77,26 @@ std::string read_idx(const std::string& path, uint32_t magic, size_t ndims,
     throw corrupt(path, fmt::format("{} bytes, too short for the {}-byte IDX header",
                                     bytes.size(), header));
   }
-  uint64_t expected = header;
+  // Three 32-bit dimensions can overflow 64 bits: stop multiplying past a bound no file meets.
+  constexpr uint64_t kHuge = uint64_t{1} << 62;
   uint64_t payload = 1;
+  bool overflow = false;
   dims->clear();
   for (size_t i = 0; i < ndims; ++i) {
     dims->push_back(read_be32(bytes, 4 + 4 * i));
-    // Saturate at "larger than the file": three 32-bit dimensions can overflow 64 bits.
     const uint64_t d = dims->back();
-    payload = (d != 0 && payload > bytes.size() / d) ? bytes.size() + 1 : payload * d;
+    overflow = overflow || (d != 0 && payload > kHuge / d);
+    payload = overflow ? kHuge : payload * d;
   }
-  if (payload > bytes.size()) {
-    throw corrupt(path, fmt::format("{} bytes, too short for the header's dimensions {}",
-                                    bytes.size(), fmt::join(*dims, " x ")));
+  if (std::count(dims->begin(), dims->end(), 0) > 0) {
+    payload = 0;
+    overflow = false;
   }
-  expected += payload;
-  if (bytes.size() != expected) {
-    throw corrupt(path, fmt::format("{} bytes, but the header's dimensions {} imply {}",
-                                    bytes.size(), fmt::join(*dims, " x "), expected));
+  const uint64_t expected = header + payload;
+  if (overflow || bytes.size() != expected) {
+    throw corrupt(path, fmt::format("{} bytes, but the header's dimensions {} imply {}{}",
+                                    bytes.size(), fmt::join(*dims, " x "),
+                                    overflow ? "more than " : "", expected));
   }
   return bytes;
 }

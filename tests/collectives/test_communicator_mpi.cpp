@@ -187,7 +187,8 @@ TEST(Communicator, AsyncWaitTimesOutWhenAPeerNeverArrives) {
     }
   } else {
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-    c.all_reduce(&x, 1, DType::kFloat32, ReduceOp::kSum);
+    // Non-blocking collectives only match non-blocking ones (MPI standard).
+    c.all_reduce_async(&x, 1, DType::kFloat32, ReduceOp::kSum)->wait();
   }
   w.barrier();
 }

@@ -27,7 +27,8 @@ std::string write_file(const std::string& dir, const std::string& name, const st
 }
 
 // Runs `fn`, expects a ddp::Error of `kind`, returns its message ("" and a failure otherwise).
-std::string error_of(const std::function<void()>& fn, ErrorKind kind = ErrorKind::kInvalidArgument) {
+std::string error_of(const std::function<void()>& fn,
+                     ErrorKind kind = ErrorKind::kInvalidArgument) {
   try {
     fn();
   } catch (const Error& e) {
@@ -43,7 +44,8 @@ std::string override_error(const std::vector<std::string>& overrides) {
 }
 
 // Dotted leaf keys of a YAML document, in document order (model.options counts as one leaf).
-void collect_keys(const YAML::Node& node, const std::string& prefix, std::vector<std::string>* out) {
+void collect_keys(const YAML::Node& node, const std::string& prefix,
+                  std::vector<std::string>* out) {
   for (const auto& kv : node) {
     const std::string key = prefix.empty() ? kv.first.Scalar() : prefix + "." + kv.first.Scalar();
     if (kv.second.IsMap() && key != "model.options") {
@@ -217,12 +219,11 @@ TEST(Config, FileOverridesDefaultsAndOverridesWinOverFile) {
 }
 
 TEST(Config, OverrideValuesAreParsedAsYaml) {
-  const Config c = load_config("", {"trainer.max_steps=1000", "optimizer.lr=1e-3",
-                                    "optimizer.lr = 2.5e-4", "model.hidden_sizes=[512, 128]",
-                                    "data.shuffle=false", "optimizer.nesterov=true",
-                                    "trainer.name=my run", "model.options={k: v}",
-                                    "trainer={batch_size: 8, seed: -3}", "data.label_column=",
-                                    "model.options.expr=a=b"});
+  const Config c = load_config(
+      "", {"trainer.max_steps=1000", "optimizer.lr=1e-3", "optimizer.lr = 2.5e-4",
+           "model.hidden_sizes=[512, 128]", "data.shuffle=false", "optimizer.nesterov=true",
+           "trainer.name=my run", "model.options={k: v}", "trainer={batch_size: 8, seed: -3}",
+           "data.label_column=", "model.options.expr=a=b"});
   EXPECT_EQ(c.trainer.max_steps, 1000);
   EXPECT_DOUBLE_EQ(c.optimizer.lr, 2.5e-4);
   EXPECT_EQ(c.model.hidden_sizes, (std::vector<int64_t>{512, 128}));
@@ -246,8 +247,7 @@ TEST(Config, MalformedOverridesAreRejected) {
             std::string::npos);
   EXPECT_NE(override_error({"=5"}).find("expected dotted.key=value"), std::string::npos);
   EXPECT_NE(override_error({"trainer..max_steps=5"}).find("empty part"), std::string::npos);
-  EXPECT_NE(override_error({"trainer.max_steps=[1"}).find("YAML syntax error"),
-            std::string::npos);
+  EXPECT_NE(override_error({"trainer.max_steps=[1"}).find("YAML syntax error"), std::string::npos);
 }
 
 // ---- Unknown keys
@@ -276,8 +276,9 @@ TEST(Config, UnknownKeySuggestions) {
   };
   for (const Case& c : cases) {
     const std::string message = override_error({c.override_text});
-    EXPECT_NE(message.find("unknown config key '" + c.override_text.substr(0, c.override_text.find('='))),
-              std::string::npos)
+    EXPECT_NE(
+        message.find("unknown config key '" + c.override_text.substr(0, c.override_text.find('='))),
+        std::string::npos)
         << message;
     EXPECT_NE(message.find("did you mean '" + c.suggestion + "'?"), std::string::npos) << message;
   }
@@ -315,16 +316,20 @@ TEST(Config, WrongTypesNameKeyExpectedTypeAndValue) {
       {"trainer.max_steps=1.5", "config key 'trainer.max_steps': expected an integer, got '1.5'"},
       {"trainer.batch_size=1e3", "expected an integer, got '1e3'"},
       {"trainer.max_steps=99999999999999999999", "expected an integer"},
-      {"trainer.batch_size={a: 1}", "config key 'trainer.batch_size': expected an integer, got a map"},
+      {"trainer.batch_size={a: 1}",
+       "config key 'trainer.batch_size': expected an integer, got a map"},
       {"trainer.max_steps=", "expected an integer, got nothing"},
       {"optimizer.lr=fast", "config key 'optimizer.lr': expected a number, got 'fast'"},
       {"optimizer.lr=.nan", "expected a number, got '.nan'"},
       {"optimizer.lr=[1]", "expected a number, got a list"},
-      {"data.shuffle=maybe", "config key 'data.shuffle': expected a boolean (true or false), got 'maybe'"},
+      {"data.shuffle=maybe",
+       "config key 'data.shuffle': expected a boolean (true or false), got 'maybe'"},
       {"data.shuffle=1", "expected a boolean"},
-      {"model.hidden_sizes=[256, x]", "config key 'model.hidden_sizes[1]': expected an integer, got 'x'"},
+      {"model.hidden_sizes=[256, x]",
+       "config key 'model.hidden_sizes[1]': expected an integer, got 'x'"},
       {"model.hidden_sizes=[2.5]", "'model.hidden_sizes[0]': expected an integer, got '2.5'"},
-      {"model.hidden_sizes=256", "config key 'model.hidden_sizes': expected a list of integers, got '256'"},
+      {"model.hidden_sizes=256",
+       "config key 'model.hidden_sizes': expected a list of integers, got '256'"},
       {"model.name=[a]", "config key 'model.name': expected a string, got a list"},
       {"model.options=[a]", "config key 'model.options': expected a map of strings, got a list"},
       {"model.options={a: [1]}", "config key 'model.options.a': expected a string, got a list"},
@@ -338,8 +343,7 @@ TEST(Config, WrongTypesNameKeyExpectedTypeAndValue) {
 
 TEST(Config, WrongTypeInFileNamesFileAndLine) {
   const std::string dir = test::temp_dir("config_type");
-  const std::string path =
-      write_file(dir, "bad.yaml", "trainer:\n  seed: 1\n  max_steps: abc\n");
+  const std::string path = write_file(dir, "bad.yaml", "trainer:\n  seed: 1\n  max_steps: abc\n");
   const std::string message = error_of([&] { load_config(path, {}); });
   EXPECT_NE(message.find("config key 'trainer.max_steps': expected an integer, got 'abc'"),
             std::string::npos)
@@ -348,9 +352,9 @@ TEST(Config, WrongTypeInFileNamesFileAndLine) {
 }
 
 TEST(Config, ScalarSpellingsThatAreAccepted) {
-  const Config c = load_config("", {"optimizer.lr=+5e-1", "trainer.gradient_clip_val=1",
-                                    "data.shuffle=no", "data.drop_last=On",
-                                    "trainer.max_steps=+12", "optimizer.eps=.5"});
+  const Config c =
+      load_config("", {"optimizer.lr=+5e-1", "trainer.gradient_clip_val=1", "data.shuffle=no",
+                       "data.drop_last=On", "trainer.max_steps=+12", "optimizer.eps=.5"});
   EXPECT_DOUBLE_EQ(c.optimizer.lr, 0.5);
   EXPECT_DOUBLE_EQ(c.trainer.gradient_clip_val, 1.0);  // an integer is a valid number
   EXPECT_FALSE(c.data.shuffle);
@@ -374,9 +378,11 @@ TEST(Config, OutOfRangeValuesNameKeyValueAndRange) {
       {{"trainer.limit_val_batches=0"}, "'trainer.limit_val_batches': must be >= 1 or -1, got 0"},
       {{"trainer.accumulate_grad_batches=0"}, "'trainer.accumulate_grad_batches': must be >= 1"},
       {{"trainer.gradient_clip_val=-0.5"}, "'trainer.gradient_clip_val': must be >= 0, got -0.5"},
-      {{"trainer.precision=16"}, "'trainer.precision': must be one of 32, bf16-mixed, 16-mixed, got '16'"},
+      {{"trainer.precision=16"},
+       "'trainer.precision': must be one of 32, bf16-mixed, 16-mixed, got '16'"},
       {{"trainer.progress_bar=maybe"}, "'trainer.progress_bar': must be one of auto, on, off"},
-      {{"optimizer.name=rmsprop"}, "'optimizer.name': must be one of sgd, adam, adamw, got 'rmsprop'"},
+      {{"optimizer.name=rmsprop"},
+       "'optimizer.name': must be one of sgd, adam, adamw, got 'rmsprop'"},
       {{"optimizer.lr=0"}, "'optimizer.lr': must be > 0, got 0"},
       {{"optimizer.momentum=1"}, "'optimizer.momentum': must be in [0, 1), got 1"},
       {{"optimizer.weight_decay=-1"}, "'optimizer.weight_decay': must be >= 0"},
@@ -409,7 +415,8 @@ TEST(Config, OutOfRangeValuesNameKeyValueAndRange) {
       {{"data.seq_len=0"}, "'data.seq_len': must be >= 1"},
       {{"model.name="}, "'model.name': must be a non-empty model name"},
       {{"model.device=tpu"}, "'model.device': must be one of cpu, cuda, got 'tpu'"},
-      {{"model.hidden_sizes=[]"}, "'model.hidden_sizes': must be a non-empty list of integers >= 1, got []"},
+      {{"model.hidden_sizes=[]"},
+       "'model.hidden_sizes': must be a non-empty list of integers >= 1, got []"},
       {{"model.hidden_sizes=[8, 0]"}, "got [8, 0]"},
       {{"model.channels=[]"}, "'model.channels': must be a non-empty list"},
       {{"model.dropout=1"}, "'model.dropout': must be in [0, 1)"},
@@ -434,9 +441,9 @@ TEST(Config, BoundaryValuesThatAreAccepted) {
   EXPECT_DOUBLE_EQ(load_config("", {"trainer.val_check_interval=200"}).trainer.val_check_interval,
                    200);
   EXPECT_NO_THROW(load_config("", {"trainer.max_epochs=-1", "trainer.max_steps=10"}));
-  EXPECT_NO_THROW(load_config("", {"trainer.check_val_every_n_epoch=0", "optimizer.momentum=0",
-                                   "scheduler.gamma=1", "ddp.bucket_cap_mb=0",
-                                   "data.val_samples=0", "model.dropout=0"}));
+  EXPECT_NO_THROW(load_config(
+      "", {"trainer.check_val_every_n_epoch=0", "optimizer.momentum=0", "scheduler.gamma=1",
+           "ddp.bucket_cap_mb=0", "data.val_samples=0", "model.dropout=0"}));
   EXPECT_NO_THROW(load_config("", {"scheduler.name=cosine", "trainer.max_steps=100"}));
   EXPECT_NO_THROW(load_config("", {"ddp.backend=nccl", "model.device=cuda"}));
   EXPECT_NO_THROW(load_config("", {"data.name=csv", "data.path=train.csv"}));
@@ -467,8 +474,7 @@ TEST(Config, SyntaxErrorNamesFileLineAndColumn) {
   EXPECT_NE(message.find("broken.yaml"), std::string::npos) << message;
   EXPECT_NE(message.find("YAML syntax error at line "), std::string::npos) << message;
   EXPECT_NE(message.find("column"), std::string::npos) << message;
-  const std::string inline_error =
-      error_of([] { load_config_from_string("a: 1\nb: c: d\n", {}); });
+  const std::string inline_error = error_of([] { load_config_from_string("a: 1\nb: c: d\n", {}); });
   EXPECT_NE(inline_error.find("line 2, column"), std::string::npos) << inline_error;
 }
 
@@ -476,14 +482,17 @@ TEST(Config, EmptyOrNonMapDocumentsAreRejected) {
   const std::string dir = test::temp_dir("config_empty");
   EXPECT_NE(error_of([&] { load_config(write_file(dir, "empty.yaml", ""), {}); }).find("is empty"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { load_config(write_file(dir, "comments.yaml", "# nothing\n"), {}); })
-                .find("is empty"),
+  EXPECT_NE(error_of([&] {
+              load_config(write_file(dir, "comments.yaml", "# nothing\n"), {});
+            }).find("is empty"),
             std::string::npos);
-  EXPECT_NE(error_of([] { load_config_from_string("- a\n- b\n", {}); })
-                .find("the top level must be a map of sections"),
+  EXPECT_NE(error_of([] {
+              load_config_from_string("- a\n- b\n", {});
+            }).find("the top level must be a map of sections"),
             std::string::npos);
-  EXPECT_NE(error_of([] { load_config_from_string("just a string", {}); }).find("got 'just a string'"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([] { load_config_from_string("just a string", {}); }).find("got 'just a string'"),
+      std::string::npos);
 }
 
 TEST(Config, EmptySectionIsAllowed) {
@@ -497,10 +506,10 @@ TEST(Config, ResolvedYamlRoundTrips) {
       "", {"trainer.max_steps=123", "trainer.val_check_interval=0.1", "trainer.name=true",
            "trainer.precision=32", "trainer.default_root_dir=' /tmp/with space '",
            "optimizer.name=sgd", "optimizer.lr=3.3e-7", "optimizer.nesterov=true",
-           "optimizer.eps=1e-12", "scheduler.name=cosine", "scheduler.min_lr=1e-6",
-           "data.name=csv", "data.path='data/train: v2.csv'", "data.label_column='null'",
-           "data.val_path=123", "data.noise=0.30000000000000004", "model.hidden_sizes=[3, 1, 4]",
-           "model.channels=[8]", "model.options={a: '1', 'b c': 'x: y', empty: ''}"});
+           "optimizer.eps=1e-12", "scheduler.name=cosine", "scheduler.min_lr=1e-6", "data.name=csv",
+           "data.path='data/train: v2.csv'", "data.label_column='null'", "data.val_path=123",
+           "data.noise=0.30000000000000004", "model.hidden_sizes=[3, 1, 4]", "model.channels=[8]",
+           "model.options={a: '1', 'b c': 'x: y', empty: ''}"});
   const Config again = load_config_from_string(original.resolved_yaml, {});
   expect_same_fields(again, original);
   EXPECT_EQ(again.resolved_yaml, original.resolved_yaml);

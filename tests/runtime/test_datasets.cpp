@@ -106,7 +106,8 @@ TEST(SyntheticClassification, GetGathersRows) {
 
 TEST(SyntheticClassification, IsLearnable) {
   // The defaults' shape (64 features, 10 classes); a small MLP must beat chance (10%) clearly
-  // on the validation set.
+  // on the validation set (it reaches ~0.68 here; a bound of 4x chance leaves room for other
+  // LibTorch versions' RNG and kernels).
   DataConfig config;
   config.num_samples = 4096;
   config.val_samples = 1024;
@@ -126,8 +127,9 @@ TEST(SyntheticClassification, IsLearnable) {
     opt.step();
   }
   torch::NoGradGuard no_grad;
-  const double acc = mlp->forward(val.x).argmax(1).eq(val.y).to(torch::kDouble).mean().item<double>();
-  EXPECT_GT(acc, 0.5) << "validation accuracy " << acc;
+  const double acc =
+      mlp->forward(val.x).argmax(1).eq(val.y).to(torch::kDouble).mean().item<double>();
+  EXPECT_GT(acc, 0.4) << "validation accuracy " << acc;
 }
 
 TEST(SyntheticRegression, ShapesDeterminismAndNoiseLevel) {
