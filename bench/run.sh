@@ -48,12 +48,12 @@ command -v "$MPIRUN_BIN" >/dev/null || die "'$MPIRUN_BIN' not found (Open MPI's 
 QUICK=${BENCH_QUICK:-0}
 [[ $QUICK == 1 ]] || QUICK=0
 if ((QUICK)); then
-  AR_ARGS=(--rounds 5 --target-s 0.008)
+  AR_ARGS=(--rounds 5 --block-mb 32 --min-iters 3)
   OV_ARGS=(--rounds 15 --steps 40 --warmup 20)
   BK_ARGS=(--rounds 5 --steps 4 --warmup 2)
   TRAIN_STEPS=600 TRAIN_PAIRS=3
 else
-  AR_ARGS=(--rounds 7 --target-s 0.02)
+  AR_ARGS=(--rounds 11 --block-mb 64 --min-iters 5)
   OV_ARGS=(--rounds 41 --steps 100 --warmup 50)
   BK_ARGS=(--rounds 9 --steps 8 --warmup 3)
   TRAIN_STEPS=2000 TRAIN_PAIRS=5

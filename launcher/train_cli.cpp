@@ -52,6 +52,10 @@ int train_cli_main(int argc, char** argv) {
   app.add_option("-s,--set", overrides, "override a config value: --set trainer.max_steps=40")
       ->type_name("KEY=VALUE");
   app.add_option("--summary", summary_path, "write a JSON summary of the run to this file");
+  std::string resume;
+  app.add_option("--resume", resume,
+                 "resume from a checkpoint: auto | last | best | none | PATH "
+                 "(same as --set checkpoint.resume=...)");
   app.add_flag("--print-config", print_config, "print the effective config and exit");
   try {
     app.parse(argc, argv);
@@ -65,6 +69,7 @@ int train_cli_main(int argc, char** argv) {
   try {
     comm = std::make_unique<MpiCommunicator>();
     Config config;
+    if (!resume.empty()) overrides.push_back("checkpoint.resume=" + resume);
     run_agreed(*comm, "config", [&] { config = load_config(config_path, overrides); });
     comm = std::make_unique<MpiCommunicator>(CommunicatorOptions{config.ddp.timeout_s});
     if (print_config) {

@@ -91,6 +91,25 @@ struct ModelConfig {
   std::map<std::string, std::string> options;    // free-form, for user-registered models
 };
 
+struct CheckpointConfig {
+  bool enabled = true;
+  std::string dirpath;               // default: <run dir>/checkpoints
+  int64_t every_n_train_steps = 0;   // save every n optimizer steps; 0 = off
+  int64_t every_n_epochs = 1;        // save at the end of every n-th epoch; 0 = off
+  double train_time_interval = 0.0;  // save every this many wall-clock seconds; 0 = off
+  bool save_last = true;             // keep last.h5 -> newest; also save at the end of fit
+  int64_t save_top_k = 1;            // keep the k best by monitor (-1 all, 0 none but last)
+  std::string monitor;               // metric ranking checkpoints: val_loss | train_loss
+  std::string mode = "min";          // min | max
+  std::string filename = "epoch={epoch}-step={step}";  // template; ".h5" appended
+  bool save_weights_only = false;    // model only: no optimizer, position or RNG
+  int64_t keep_last_n = 2;           // also keep the n newest (fallback if one is corrupt)
+  bool async = false;                // gather + write on a background thread
+  double chunk_mb = 64.0;            // gather round size per rank, MiB (bounds rank 0 memory)
+  std::string on_error = "stop";     // a failed save: stop (all ranks exit) | continue
+  std::string resume = "none";       // auto | last | best | none | <path to .h5>
+};
+
 struct Config {
   TrainerConfig trainer;
   OptimizerConfig optimizer;
@@ -98,6 +117,7 @@ struct Config {
   DdpConfig ddp;
   DataConfig data;
   ModelConfig model;
+  CheckpointConfig checkpoint;
   std::string resolved_yaml;  // the full effective config, as YAML (for logs and checkpoints)
 };
 

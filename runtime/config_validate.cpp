@@ -79,6 +79,23 @@ model:
   n_heads: 4                    # transformer: attention heads
   d_ff: 512                     # transformer: feed-forward width
   options: {}                   # free-form string map for user-registered models
+checkpoint:
+  enabled: true                 # write checkpoints (HDF5, rank 0 only, atomic)
+  dirpath: ""                   # directory; empty: <default_root_dir>/<name>/checkpoints
+  every_n_train_steps: 0        # save every n optimizer steps; 0 = off
+  every_n_epochs: 1             # save at the end of every n-th epoch; 0 = off
+  train_time_interval: 0.0      # save every this many wall-clock seconds; 0 = off
+  save_last: true               # keep last.h5 -> newest checkpoint; save at the end of training
+  save_top_k: 1                 # keep the k best by monitor (-1: all, 0: none but last)
+  monitor: ""                   # metric ranking checkpoints (val_loss, train_loss); empty: newest
+  mode: min                     # min | max: whether a smaller or larger monitor value is better
+  filename: "epoch={epoch}-step={step}"  # template; {metric:.3f} allowed; ".h5" appended
+  save_weights_only: false      # model only (no optimizer, data position or RNG state)
+  keep_last_n: 2                # also keep the n newest checkpoints (-1: all)
+  async: false                  # gather and write on a background thread while training goes on
+  chunk_mb: 64.0                # gather round size per rank, MiB (bounds rank 0's extra memory)
+  on_error: stop                # a failed save: stop (every rank exits) | continue (warn)
+  resume: none                  # auto | last | best | none | <path to a .h5 checkpoint>
 )yaml";
 
 }  // namespace ddp
@@ -148,6 +165,22 @@ const std::vector<Field>& schema() {
       DDP_CONFIG_FIELD(model, n_heads),
       DDP_CONFIG_FIELD(model, d_ff),
       DDP_CONFIG_FIELD(model, options),
+      DDP_CONFIG_FIELD(checkpoint, enabled),
+      DDP_CONFIG_FIELD(checkpoint, dirpath),
+      DDP_CONFIG_FIELD(checkpoint, every_n_train_steps),
+      DDP_CONFIG_FIELD(checkpoint, every_n_epochs),
+      DDP_CONFIG_FIELD(checkpoint, train_time_interval),
+      DDP_CONFIG_FIELD(checkpoint, save_last),
+      DDP_CONFIG_FIELD(checkpoint, save_top_k),
+      DDP_CONFIG_FIELD(checkpoint, monitor),
+      DDP_CONFIG_FIELD(checkpoint, mode),
+      DDP_CONFIG_FIELD(checkpoint, filename),
+      DDP_CONFIG_FIELD(checkpoint, save_weights_only),
+      DDP_CONFIG_FIELD(checkpoint, keep_last_n),
+      DDP_CONFIG_FIELD(checkpoint, async),
+      DDP_CONFIG_FIELD(checkpoint, chunk_mb),
+      DDP_CONFIG_FIELD(checkpoint, on_error),
+      DDP_CONFIG_FIELD(checkpoint, resume),
   };
   return fields;
 }
@@ -296,9 +329,32 @@ void validate_model(const ModelConfig& m) {
   }
 }
 
+void validate_checkpoint(const CheckpointConfig& c) {
+  at_least("checkpoint.every_n_train_steps", c.every_n_train_steps, 0);
+  at_least("checkpoint.every_n_epochs", c.every_n_epochs, 0);
+  non_negative("checkpoint.train_time_interval", c.train_time_interval);
+  at_least_or_unbounded("checkpoint.save_top_k", c.save_top_k, 0);
+  at_least_or_unbounded("checkpoint.keep_last_n", c.keep_last_n, 0);
+  one_of("checkpoint.mode", c.mode, {"min", "max"});
+  one_of("checkpoint.on_error", c.on_error, {"stop", "continue"});
+  if (!c.monitor.empty()) one_of("checkpoint.monitor", c.monitor, {"val_loss", "train_loss"});
+  if (c.save_top_k > 1 && c.monitor.empty()) {
+    fail("checkpoint.monitor", fmt::format("set when checkpoint.save_top_k={} (which metric "
+                                           "ranks the checkpoints?), e.g. val_loss",
+                                           c.save_top_k),
+         "''");
+  }
+  positive("checkpoint.chunk_mb", c.chunk_mb);
+  if (c.filename.empty() || c.filename.find('/') != std::string::npos) {
+    fail("checkpoint.filename", "a non-empty name without '/'", quoted(c.filename));
+  }
+  if (c.resume.empty()) fail("checkpoint.resume", "auto, last, best, none or a path", "''");
+}
+
 }  // namespace
 
 void validate(const Config& config) {
+  validate_checkpoint(config.checkpoint);
   validate_trainer(config.trainer);
   validate_optimizer(config.optimizer);
   validate_scheduler(config.scheduler, config.trainer);

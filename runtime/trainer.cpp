@@ -8,9 +8,13 @@
 #include <torch/torch.h>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "collectives/agreement.h"
 #include "collectives/error.h"
+#include "checkpoint/file_system.h"
+#include "collectives/mpi_communicator.h"
+#include "runtime/checkpointer.h"
 #include "runtime/cuda_seam.h"
 #include "runtime/ddp_engine.h"
 #include "runtime/metrics.h"
@@ -53,6 +57,40 @@ Trainer::Trainer(Config config, Communicator& control)
   // Per-rank RNG stream (dropout etc.), distinct per rank, reproducible per seed.
   torch::manual_seed(static_cast<uint64_t>(config_.trainer.seed) + 1 +
                      static_cast<uint64_t>(control_.rank()));
+  run_agreed(control_, "checkpoint set-up", [&] {
+    // Saves get their own communicator so that an async save never interleaves with the
+    // training loop's collectives.
+    std::unique_ptr<Communicator> save_comm;
+    if (auto* mpi = dynamic_cast<MpiCommunicator*>(&control_)) {
+      save_comm = std::make_unique<MpiCommunicator>(control_.options(), mpi->mpi_comm());
+    } else {
+      throw Error(ErrorKind::kInternal, "checkpointing needs an MPI control communicator");
+    }
+    checkpointer_ = std::make_unique<Checkpointer>(*this, control_, std::move(save_comm),
+                                                   std::make_shared<ckpt::PosixFileSystem>());
+  });
+  if (config_.checkpoint.resume != "none") checkpointer_->resume(config_.checkpoint.resume);
+}
+
+std::string Trainer::hparams_json() const {
+  const auto& m = config_.model;
+  nlohmann::json j{{"name", m.name},         {"device", m.device},
+                   {"hidden_sizes", m.hidden_sizes}, {"channels", m.channels},
+                   {"dropout", m.dropout},   {"d_model", m.d_model},
+                   {"n_layers", m.n_layers}, {"n_heads", m.n_heads},
+                   {"d_ff", m.d_ff},         {"options", m.options}};
+  return j.dump();
+}
+
+double Trainer::current_lr() const {
+  return schedule_->lr_at(std::max<int64_t>(0, state_.global_step - 1));
+}
+
+std::map<std::string, double> Trainer::monitored_metrics() const {
+  std::map<std::string, double> m;
+  if (!std::isnan(last_train_loss_)) m["train_loss"] = last_train_loss_;
+  if (last_val_loss_) m["val_loss"] = *last_val_loss_;
+  return m;
 }
 
 Trainer::~Trainer() = default;
@@ -278,7 +316,7 @@ TrainResult Trainer::fit() {
     ++epochs_started;
     sampler_->set_epoch(state_.epoch);
     const std::vector<int64_t> indices = sampler_->indices();
-    while (state_.batch_in_epoch < micro_per_epoch_) {
+    while (!done && state_.batch_in_epoch < micro_per_epoch_) {
       const int64_t num_micro =
           std::min(tc.accumulate_grad_batches, micro_per_epoch_ - state_.batch_in_epoch);
       double loss = 0.0;
@@ -301,16 +339,24 @@ TrainResult Trainer::fit() {
         window_steps_ = 0;
         log_step(mean, val);
       }
-      if (last_step) {
+      const bool stop = stop_after_step_ >= 0 && state_.global_step >= stop_after_step_;
+      const bool epoch_end = state_.batch_in_epoch >= micro_per_epoch_;
+      if (epoch_end) {
+        ++state_.epoch;
+        state_.batch_in_epoch = 0;
+      }
+      if (last_step || stop) {
         done = true;
         break;
       }
-    }
-    if (state_.batch_in_epoch >= micro_per_epoch_) {
-      ++state_.epoch;
-      state_.batch_in_epoch = 0;
+      checkpointer_->after_step(monitored_metrics());
+      if (epoch_end) {
+        checkpointer_->after_epoch(monitored_metrics());
+        break;
+      }
     }
   }
+  checkpointer_->on_train_end(monitored_metrics());
   if (control_.rank() == 0) progress_->finish();
 
   TrainResult r;

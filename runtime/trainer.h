@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,6 +34,7 @@ class Optimizer;
 namespace ddp {
 
 class DdpEngine;
+class Checkpointer;
 class CsvLogger;
 class ProgressReporter;
 
@@ -66,6 +68,10 @@ class Trainer {
 
   TrainResult fit();
 
+  // Makes fit() return after this optimizer step (all ranks must ask for the same step), as
+  // a preemption does: a checkpoint is saved first when checkpointing is enabled.
+  void stop_after_step(int64_t step) { stop_after_step_ = step; }
+
   // Runs validation over this rank's shard and returns the global mean loss (collective).
   double validate();
 
@@ -77,6 +83,10 @@ class Trainer {
   TrainerState& state() { return state_; }
   DdpEngine& engine() { return *engine_; }
   Communicator& grad_comm() { return *grad_comm_; }
+  Checkpointer* checkpointer() { return checkpointer_.get(); }
+  const std::string& run_dir() const { return run_dir_; }
+  std::string hparams_json() const;
+  double current_lr() const;
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
   int64_t total_steps() const { return total_steps_; }
 
@@ -87,6 +97,7 @@ class Trainer {
   Batch load_batch(const Dataset& data, const std::vector<int64_t>& indices) const;
   bool should_validate(int64_t micro_done, int64_t step) const;
   void log_step(double loss, std::optional<double> val_loss);
+  std::map<std::string, double> monitored_metrics() const;
 
   Config config_;
   Communicator& control_;
@@ -102,6 +113,8 @@ class Trainer {
   std::unique_ptr<DistributedSampler> sampler_;
   std::unique_ptr<CsvLogger> csv_;
   std::unique_ptr<ProgressReporter> progress_;
+  std::unique_ptr<Checkpointer> checkpointer_;
+  int64_t stop_after_step_ = -1;
 
   TrainerState state_;
   int64_t micro_per_epoch_ = 0;

@@ -1,0 +1,350 @@
+#include "runtime/checkpointer.h"
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include <H5public.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "checkpoint/commit.h"
+#include "checkpoint/file_system.h"
+#include "checkpoint/format_reader.h"
+#include "collectives/agreement.h"
+#include "collectives/error.h"
+#include "runtime/state_io.h"
+#include "runtime/trainer.h"
+
+namespace ddp {
+namespace {
+
+namespace fs = std::filesystem;
+
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string utc_now() {
+  const auto t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+ckpt::CheckpointPolicyOptions policy_options(const CheckpointConfig& c, const std::string& dir) {
+  ckpt::CheckpointPolicyOptions o;
+  o.enabled = c.enabled;
+  o.dirpath = dir;
+  o.every_n_train_steps = c.every_n_train_steps;
+  o.every_n_epochs = c.every_n_epochs;
+  o.train_time_interval_s = c.train_time_interval;
+  o.save_last = c.save_last;
+  o.save_top_k = c.save_top_k;
+  o.monitor = c.monitor;
+  o.mode = c.mode;
+  o.filename = c.filename;
+  o.save_weights_only = c.save_weights_only;
+  o.keep_last_n = c.keep_last_n;
+  return o;
+}
+
+void log0(Communicator& comm, const std::string& line) {
+  if (comm.rank() == 0) std::fprintf(stderr, "ddp-train: %s\n", line.c_str());
+}
+
+}  // namespace
+
+Checkpointer::Checkpointer(Trainer& trainer, Communicator& control,
+                           std::unique_ptr<Communicator> save_comm,
+                           std::shared_ptr<ckpt::FileSystem> fs)
+    : trainer_(trainer), control_(control), save_comm_(std::move(save_comm)), fs_(std::move(fs)) {
+  const auto& cc = trainer_.config().checkpoint;
+  dirpath_ = cc.dirpath.empty() ? (fs::path(trainer_.run_dir()) / "checkpoints").string()
+                                : cc.dirpath;
+  policy_ = std::make_unique<ckpt::CheckpointPolicy>(policy_options(cc, dirpath_));
+  if (control_.rank() == 0 && cc.enabled) {
+    std::error_code ec;
+    fs::create_directories(dirpath_, ec);
+    if (ec) {
+      throw Error(ErrorKind::kIOError, fmt::format("cannot create checkpoint directory '{}': {}",
+                                                   dirpath_, ec.message()));
+    }
+  }
+  last_save_time_s_ = now_s();
+}
+
+Checkpointer::~Checkpointer() {
+  if (worker_.joinable()) worker_.join();
+}
+
+std::string Checkpointer::choose(const std::string& mode) {
+  if (mode == "none") return "";
+  if (mode != "auto" && mode != "last" && mode != "best") {
+    if (!fs::exists(mode)) {
+      throw Error(ErrorKind::kNotFound, fmt::format("checkpoint '{}' not found", mode));
+    }
+    return mode;
+  }
+  if (!fs::exists(dirpath_)) {
+    if (mode == "auto") return "";
+    throw Error(ErrorKind::kNotFound,
+                fmt::format("resume={}: checkpoint directory '{}' does not exist", mode, dirpath_));
+  }
+  const int removed = ckpt::cleanup_temporaries(*fs_, dirpath_);
+  if (removed > 0) {
+    log0(control_, fmt::format("removed {} leftover temporary file(s) of an interrupted save in {}",
+                               removed, dirpath_));
+  }
+  std::vector<std::string> candidates;
+  if (mode == "best") {
+    if (auto latest = ckpt::read_latest(*fs_, dirpath_)) {
+      const auto meta = ckpt::read_meta((fs::path(dirpath_) / latest->file).string());
+      const auto j = nlohmann::json::parse(meta.callbacks_json, nullptr, false);
+      if (j.is_object() && j.contains("best_k") && !j["best_k"].empty()) {
+        candidates.push_back((fs::path(dirpath_) / j["best_k"][0].value("file", "")).string());
+      }
+    }
+    if (candidates.empty()) {
+      throw Error(ErrorKind::kNotFound,
+                  fmt::format("resume=best: no best checkpoint recorded in '{}'", dirpath_));
+    }
+  } else {
+    std::string warning;
+    if (auto latest = ckpt::read_latest(*fs_, dirpath_, &warning)) {
+      candidates.push_back(latest->path);
+    } else if (!warning.empty()) {
+      std::fprintf(stderr, "ddp-train: warning: %s; scanning the directory instead\n",
+                   warning.c_str());
+    }
+    for (const auto& info : ckpt::list_checkpoints(*fs_, dirpath_)) {
+      if (candidates.empty() || info.path != candidates.front()) candidates.push_back(info.path);
+    }
+  }
+  for (const auto& path : candidates) {
+    const auto result = ckpt::verify_file(path);
+    if (result.ok()) return path;
+    std::fprintf(stderr,
+                 "ddp-train: warning: checkpoint '%s' is not usable (%s); trying the previous "
+                 "one\n",
+                 path.c_str(), result.error->what());
+  }
+  if (mode == "auto") return "";
+  throw Error(ErrorKind::kNotFound,
+              fmt::format("resume={}: no valid checkpoint in '{}'", mode, dirpath_));
+}
+
+ResumeInfo Checkpointer::resume(const std::string& mode) {
+  std::string chosen;
+  run_agreed(control_, "resume: choosing a checkpoint", [&] {
+    if (control_.rank() == 0) chosen = choose(mode);
+  });
+  chosen = broadcast_string(control_, chosen, 0);
+  ResumeInfo info;
+  info.file = chosen;
+  if (chosen.empty()) {
+    if (mode == "auto") log0(control_, "resume=auto: no checkpoint found, starting fresh");
+    return info;
+  }
+  run_agreed(control_, fmt::format("resume from '{}'", chosen), [&] {
+    ckpt::ReadOptions opts;
+    // Rank 0 verified the whole-file checksum; every rank still checks each tensor it reads.
+    opts.verify_file_checksum = control_.rank() == 0;
+    const ckpt::Checkpoint c = ckpt::read_checkpoint(chosen, opts);
+    const auto& m = c.meta;
+    const std::string fp = architecture_fingerprint(trainer_.model());
+    load_model_state(trainer_.model(), c, /*strict=*/true);
+    if (m.fingerprint != fp) {
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("checkpoint architecture fingerprint {} differs from the model's {}",
+                              m.fingerprint, fp));
+    }
+    info.global_step = m.global_step;
+    info.saved_world_size = m.world_size;
+    if (m.weights_only) {
+      log0(control_, "checkpoint holds weights only: optimizer and position start fresh");
+      return;
+    }
+    load_optimizer_state(trainer_.optimizer(), trainer_.config().optimizer.name,
+                         trainer_.model(), c);
+    TrainerState& st = trainer_.state();
+    st.epoch = m.epoch;
+    st.global_step = m.global_step;
+    const int world = control_.size();
+    const int64_t per_micro = trainer_.config().trainer.batch_size * world;
+    if (m.world_size == world && m.batch_size == trainer_.config().trainer.batch_size) {
+      st.batch_in_epoch = m.batch_in_epoch;
+    } else {
+      info.resharded = true;
+      st.batch_in_epoch = m.samples_in_epoch / per_micro;
+    }
+    const ckpt::RankState* mine = nullptr;
+    for (const auto& r : c.ranks) {
+      if (r.rank == control_.rank()) mine = &r;
+    }
+    if (mine && !info.resharded) set_cpu_rng_state(mine->cpu_rng);
+    policy_->load_state_json(m.callbacks_json);
+    last_saved_step_ = m.global_step;
+  });
+  if (info.resharded) {
+    log0(control_,
+         fmt::format("checkpoint was written by {} ranks, resuming on {}: data position "
+                     "recomputed from the global sample count (epoch {}, micro-batch {}); "
+                     "per-rank RNG streams restart from the seed",
+                     info.saved_world_size, control_.size(), trainer_.state().epoch,
+                     trainer_.state().batch_in_epoch));
+  }
+  log0(control_, fmt::format("resumed from '{}' at step {}", chosen, info.global_step));
+  return info;
+}
+
+void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
+  wait();  // at most one save in flight
+  const double t0 = now_s();
+  const auto& cfg = trainer_.config();
+  const TrainerState& st = trainer_.state();
+  const bool weights_only = cfg.checkpoint.save_weights_only;
+
+  ckpt::SaveRequest req;
+  auto& m = req.meta;
+  m.global_step = st.global_step;
+  m.epoch = st.epoch;
+  m.batch_in_epoch = st.batch_in_epoch;
+  m.samples_in_epoch = st.batch_in_epoch * cfg.trainer.batch_size * control_.size();
+  m.world_size = control_.size();
+  m.batch_size = cfg.trainer.batch_size;
+  m.weights_only = weights_only;
+  m.ddp_runtime_version = DDP_RUNTIME_VERSION;
+  m.torch_version = TORCH_VERSION;
+  m.hdf5_version = fmt::format("{}.{}.{}", H5_VERS_MAJOR, H5_VERS_MINOR, H5_VERS_RELEASE);
+  m.created_utc = utc_now();
+  m.config_yaml = cfg.resolved_yaml;
+  m.hparams_json = trainer_.hparams_json();
+  m.fingerprint = architecture_fingerprint(trainer_.model());
+  m.optimizer_json = optimizer_json(trainer_.optimizer(), cfg.optimizer.name);
+  m.scheduler_json = nlohmann::json{{"name", cfg.scheduler.name},
+                                    {"step", st.global_step},
+                                    {"lr", trainer_.current_lr()}}
+                         .dump();
+  m.metrics = metrics;
+
+  const std::string file = policy_->filename(st.epoch, st.global_step, metrics);
+  const auto dropped = policy_->on_committed(file, st.global_step, metrics);
+  m.callbacks_json = policy_->state_json();
+
+  req.tensors = model_sources(trainer_.model());
+  if (!weights_only) {
+    auto opt = optimizer_sources(trainer_.optimizer(), trainer_.model());
+    req.tensors.insert(req.tensors.end(), opt.begin(), opt.end());
+  }
+  req.rank_state.rank = control_.rank();
+  req.rank_state.cpu_rng = cpu_rng_state();
+  req.rank_state.sampler_epoch = st.epoch;
+  req.rank_state.sampler_index = st.batch_in_epoch * cfg.trainer.batch_size;
+  req.final_path = (fs::path(dirpath_) / file).string();
+  req.chunk_bytes = static_cast<size_t>(cfg.checkpoint.chunk_mb * 1024 * 1024);
+
+  auto pending = ckpt::snapshot_for_save(*save_comm_, std::move(req));
+  last_saved_step_ = st.global_step;
+  last_save_time_s_ = now_s();
+
+  auto finish = [this, p = std::shared_ptr<ckpt::PendingSave>(std::move(pending)), dropped,
+                 file]() {
+    p->finish(*save_comm_, *fs_);
+    after_commit(dropped, file);
+  };
+  if (cfg.checkpoint.async) {
+    in_flight_ = true;
+    worker_error_ = nullptr;
+    worker_ = std::thread([this, finish] {
+      try {
+        finish();
+      } catch (...) {
+        worker_error_ = std::current_exception();
+      }
+    });
+  } else {
+    in_flight_ = true;
+    try {
+      finish();
+    } catch (...) {
+      worker_error_ = std::current_exception();
+    }
+    wait();
+  }
+  last_stall_s_ = now_s() - t0;
+}
+
+void Checkpointer::after_commit(const std::vector<std::string>& dropped, const std::string& file) {
+  ++saves_completed_;
+  if (save_comm_->rank() != 0) return;
+  for (const auto& f : dropped) ckpt::remove_checkpoint(*fs_, (fs::path(dirpath_) / f).string());
+  if (policy_->options().save_last) {
+    // last.h5 -> newest checkpoint, replaced atomically (hard link to a temp name + rename).
+    const fs::path target = fs::path(dirpath_) / file;
+    const fs::path tmp = fs::path(dirpath_) / ".last.h5.tmp-link";
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    fs::create_hard_link(target, tmp, ec);
+    if (ec) fs::copy_file(target, tmp, fs::copy_options::overwrite_existing, ec);
+    if (!ec) fs::rename(tmp, fs::path(dirpath_) / "last.h5", ec);
+  }
+}
+
+void Checkpointer::wait() {
+  if (worker_.joinable()) worker_.join();
+  if (!in_flight_) return;
+  in_flight_ = false;
+  if (!worker_error_) return;
+  auto error = worker_error_;
+  worker_error_ = nullptr;
+  if (trainer_.config().checkpoint.on_error == "continue") {
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      log0(control_, fmt::format("warning: checkpoint save failed, training continues "
+                                 "(checkpoint.on_error=continue): {}",
+                                 e.what()));
+    }
+    return;
+  }
+  std::rethrow_exception(error);
+}
+
+void Checkpointer::after_step(const std::map<std::string, double>& metrics) {
+  const int64_t step = trainer_.state().global_step;
+  // Every rank must agree on time-based triggers: rank 0's clock decides.
+  double since = now_s() - last_save_time_s_;
+  if (policy_->options().train_time_interval_s > 0) {
+    control_.broadcast(&since, 1, DType::kFloat64, 0);
+  }
+  if (step != last_saved_step_ && policy_->due_after_step(step, since)) save_now(metrics, false);
+}
+
+void Checkpointer::after_epoch(const std::map<std::string, double>& metrics) {
+  if (trainer_.state().global_step != last_saved_step_ &&
+      policy_->due_after_epoch(trainer_.state().epoch)) {
+    save_now(metrics, false);
+  }
+}
+
+void Checkpointer::on_train_end(const std::map<std::string, double>& metrics) {
+  if (policy_->options().enabled && policy_->options().save_last &&
+      trainer_.state().global_step != last_saved_step_) {
+    save_now(metrics, false);
+  }
+  wait();
+}
+
+std::string Checkpointer::save_now(const std::map<std::string, double>& metrics, bool wait_done) {
+  start_save(metrics);
+  if (wait_done) wait();
+  return policy_->filename(trainer_.state().epoch, trainer_.state().global_step, metrics);
+}
+
+}  // namespace ddp

@@ -1,0 +1,83 @@
+// Checkpointer: the Trainer's side of checkpointing — when to save (ckpt::CheckpointPolicy),
+// what to save (state_io.h), how (sharded save over the Communicator, optionally async), and
+// resume (barrier-protected: rank 0 chooses and verifies, everyone loads, all agree).
+//
+// Collective: every public method that saves or loads must be called by all ranks at the
+// same point of training.
+// Thread-safety: called from the training thread; an async save runs on one background
+// thread over its own duplicated communicator, at most one at a time.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "checkpoint/checkpoint_policy.h"
+#include "checkpoint/sharded_save.h"
+#include "collectives/communicator.h"
+#include "runtime/config.h"
+
+namespace ddp {
+
+class Trainer;
+namespace ckpt {
+class FileSystem;
+}
+
+struct ResumeInfo {
+  std::string file;      // empty: fresh start
+  int64_t global_step = 0;
+  int64_t saved_world_size = 0;
+  bool resharded = false;  // world size differs from the checkpoint's
+};
+
+class Checkpointer {
+ public:
+  // `save_comm` must be a communicator used by nothing else while a save is in flight (an
+  // async save drives it from a background thread).
+  Checkpointer(Trainer& trainer, Communicator& control, std::unique_ptr<Communicator> save_comm,
+               std::shared_ptr<ckpt::FileSystem> fs);
+  ~Checkpointer();
+
+  // Chooses a checkpoint per checkpoint.resume (auto | last | best | none | <path>) and
+  // restores the trainer from it. Throws ddp::AgreedError on failure (same on all ranks).
+  ResumeInfo resume(const std::string& mode);
+
+  // Hooks from the training loop (collective).
+  void after_step(const std::map<std::string, double>& metrics);
+  void after_epoch(const std::map<std::string, double>& metrics);
+  void on_train_end(const std::map<std::string, double>& metrics);
+  // Saves now regardless of the period (preemption, tests). Returns the file name.
+  std::string save_now(const std::map<std::string, double>& metrics, bool wait);
+  // Waits for an async save in flight (no-op otherwise); rethrows its error per on_error.
+  void wait();
+
+  const std::string& dirpath() const { return dirpath_; }
+  int64_t saves_completed() const { return saves_completed_; }
+  double last_stall_s() const { return last_stall_s_; }
+
+ private:
+  std::string choose(const std::string& mode);  // rank 0 only
+  void start_save(const std::map<std::string, double>& metrics);
+  void after_commit(const std::vector<std::string>& dropped, const std::string& file);
+
+  Trainer& trainer_;
+  Communicator& control_;
+  std::unique_ptr<Communicator> save_comm_;
+  std::shared_ptr<ckpt::FileSystem> fs_;
+  std::unique_ptr<ckpt::CheckpointPolicy> policy_;
+  std::string dirpath_;
+  int64_t last_saved_step_ = -1;
+  double last_save_time_s_ = 0;
+  int64_t saves_completed_ = 0;
+  double last_stall_s_ = 0;
+
+  std::thread worker_;
+  std::exception_ptr worker_error_;
+  bool in_flight_ = false;
+};
+
+}  // namespace ddp
