@@ -111,6 +111,11 @@ TRAIN_SET=(
   --set "trainer.max_steps=$TRAIN_STEPS" --set trainer.check_val_every_n_epoch=0
   --set trainer.progress_bar=off --set "trainer.default_root_dir=$RESULTS/runs"
 )
+# Throughput of training only: the peer writes no checkpoints, so neither does ddp-train
+# (where this build has checkpointing at all).
+if "$BIN/ddp-train" "${CONFIG_ARGS[@]}" --print-config 2>/dev/null | grep -q '^checkpoint:'; then
+  TRAIN_SET+=(--set checkpoint.enabled=false)
+fi
 free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

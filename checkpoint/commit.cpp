@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <future>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -54,10 +55,11 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
                              const std::string& final_path, int64_t global_step,
                              bool update_latest) {
   const std::string dir = parent_dir(final_path);
-  if (parent_dir(tmp_path) != dir) {
+  if (parent_dir(tmp_path) != dir || tmp_path == final_path) {
     throw Error(ErrorKind::kInternal,
-                fmt::format("commit: temporary '{}' is not in the directory of '{}' (rename "
-                            "would not be atomic)", tmp_path, final_path));
+                fmt::format("commit: temporary '{}' must be another name in the directory of "
+                            "'{}' (rename is atomic only within one directory)", tmp_path,
+                            final_path));
   }
   CommitInfo info;
   info.path = final_path;
@@ -68,8 +70,16 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
   bool replacing = false;  // final_path already holds a checkpoint with a usable sidecar
   bool sidecar_written = false;
   try {
-    fs.fsync_file(tmp_path);
-    const FileHash hash = fs.hash_file(tmp_path);
+    // The hash reads the page cache (CPU) while fsync waits for the disk: overlap them.
+    std::future<FileHash> hashing =
+        std::async(std::launch::async, [&fs, &tmp_path] { return fs.hash_file(tmp_path); });
+    try {
+      fs.fsync_file(tmp_path);
+    } catch (...) {
+      hashing.wait();  // never leave the thread running against a file we may remove
+      throw;
+    }
+    const FileHash hash = hashing.get();
     info.bytes = hash.bytes;
     info.checksum = hash.xxh3;
     sidecar.current = FileDigest{hash.bytes, hash.xxh3, global_step};

@@ -32,7 +32,7 @@ struct CommitInfo {
 };
 
 // Publishes the closed HDF5 file `tmp_path` as `final_path` (same directory):
-//   1. fsync tmp;  2. size + xxh3 of tmp;
+//   1. fsync tmp, and concurrently 2. size + xxh3 of tmp (fs must allow that: FileSystem);
 //   3. write <final>.sum atomically (temp, fsync, rename, fsync dir);
 //   4. rename tmp -> final;  5. fsync the directory;
 //   6. if final existed before: rewrite the sidecar without its "replaces" entry (sidecar.h);

@@ -233,33 +233,55 @@ bool fs_op_mutates(FsOp op) {
          op == FsOp::kRename || op == FsOp::kRemove;
 }
 
+int FaultInjectingFileSystem::mutations() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return mutations_;
+}
+
+bool FaultInjectingFileSystem::crashed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return crashed_;
+}
+
+std::vector<std::string> FaultInjectingFileSystem::trace() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return trace_;
+}
+
 void FaultInjectingFileSystem::fail_call(FsOp op, int nth, int err) {
+  std::lock_guard<std::mutex> lock(mu_);
   faults_.push_back({false, op, calls_[static_cast<int>(op)] + nth, false, err, false});
 }
 
 void FaultInjectingFileSystem::crash_before(FsOp op, int nth, bool partial_write) {
+  std::lock_guard<std::mutex> lock(mu_);
   faults_.push_back({false, op, calls_[static_cast<int>(op)] + nth, true, 0, partial_write});
 }
 
 void FaultInjectingFileSystem::crash_before_mutation(int nth, bool partial_write) {
+  std::lock_guard<std::mutex> lock(mu_);
   faults_.push_back({true, FsOp::kWriteFile, mutations_ + nth, true, 0, partial_write});
 }
 
 void FaultInjectingFileSystem::fail_mutation(int nth, int err) {
+  std::lock_guard<std::mutex> lock(mu_);
   faults_.push_back({true, FsOp::kWriteFile, mutations_ + nth, false, err, false});
 }
 
 void FaultInjectingFileSystem::reset() {
+  std::lock_guard<std::mutex> lock(mu_);
   faults_.clear();
   crashed_ = false;
 }
 
+// REQUIRES: mu_ is held.
 void FaultInjectingFileSystem::crash_now(const std::string& what) {
   crashed_ = true;
   throw SimulatedCrash("simulated crash before " + what);
 }
 
 bool FaultInjectingFileSystem::before(FsOp op, const std::string& what, const std::string& path) {
+  std::lock_guard<std::mutex> lock(mu_);
   if (crashed_) throw SimulatedCrash("process already crashed; " + what + " not run");
   const int n = ++calls_[static_cast<int>(op)];
   const bool mutates = fs_op_mutates(op);
@@ -282,6 +304,7 @@ void FaultInjectingFileSystem::write_file(const std::string& path, const std::st
     // A kill in the middle of write(): half the bytes reach the file, no fsync.
     Fd fd(path, O_WRONLY | O_CREAT | O_TRUNC, "create");
     write_all(fd.get(), data.data(), data.size() / 2, path);
+    std::lock_guard<std::mutex> lock(mu_);
     crash_now(what + " (after a partial write)");
   }
   base_.write_file(path, data);

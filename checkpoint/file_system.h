@@ -8,12 +8,14 @@
 // errno's name ("write '/ckpt/x.sum': No space left on device (ENOSPC)"). A missing file where
 // one is required is kNotFound; anything else the OS refuses is kIOError.
 //
-// Thread-safety: PosixFileSystem is stateless and safe to share; FaultInjectingFileSystem is
-// for single-threaded tests.
+// Thread-safety: implementations must allow concurrent calls (commit_checkpoint hashes a file
+// on a helper thread while it fsyncs it). PosixFileSystem is stateless; FaultInjectingFileSystem
+// serialises its bookkeeping with a mutex.
 #pragma once
 
 #include <cstdint>
 #include <exception>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -116,10 +118,10 @@ class FaultInjectingFileSystem : public FileSystem {
   // Forgets all faults and the crashed state (counters keep running).
   void reset();
 
-  int mutations() const { return mutations_; }  // mutating calls that went through
-  bool crashed() const { return crashed_; }
+  int mutations();  // mutating calls that went through
+  bool crashed();
   // One line per call that reached `base` ("rename a -> b"), for test diagnostics.
-  const std::vector<std::string>& trace() const { return trace_; }
+  std::vector<std::string> trace();
 
   void write_file(const std::string& path, const std::string& data) override;
   void fsync_file(const std::string& path) override;
@@ -142,11 +144,12 @@ class FaultInjectingFileSystem : public FileSystem {
     bool partial_write;
   };
   // Counts the call; throws if a fault matches. Returns true when a crash with partial_write
-  // matched a write_file (the caller writes half, then throws via crash_now).
+  // matched a write_file (the caller writes half, then throws via crash_now). Takes mu_.
   bool before(FsOp op, const std::string& what, const std::string& path);
   [[noreturn]] void crash_now(const std::string& what);
 
   FileSystem& base_;
+  std::mutex mu_;  // guards everything below; never held while calling base_
   std::vector<Fault> faults_;
   int calls_[10] = {0};
   int mutations_ = 0;

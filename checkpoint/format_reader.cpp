@@ -117,8 +117,7 @@ FileReader::FileReader(const std::string& path, const ReadOptions& options)
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("'{}' is not an HDF5 file, so not a ddp-runtime checkpoint", path));
   }
-  H5PlistHandle fapl(DDP_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS), s.ctx));
-  DDP_H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), s.ctx);
+  const H5PlistHandle fapl = checkpoint_file_access(s.ctx);
   s.file = H5FileHandle(DDP_H5_CHECK(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl.get()), s.ctx));
   const hid_t root = s.file.get();
   const std::string where = "the root group";

@@ -185,6 +185,16 @@ std::string read_string_dataset(hid_t loc, const std::string& name, bool verify,
   return out;
 }
 
+H5PlistHandle checkpoint_file_access(const H5Context& ctx) {
+  H5PlistHandle fapl(DDP_H5_CHECK(H5Pcreate(H5P_FILE_ACCESS), ctx));
+  DDP_H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), ctx);
+#if H5_VERSION_GE(1, 10, 7)
+  DDP_H5_CHECK(H5Pset_file_locking(fapl.get(), /*use_file_locking=*/0,
+                                   /*ignore_when_disabled=*/1), ctx);
+#endif
+  return fapl;
+}
+
 std::string h5_library_version() {
   unsigned major = 0, minor = 0, release = 0;
   DDP_H5_CHECK(H5get_libversion(&major, &minor, &release),

@@ -60,6 +60,12 @@ void write_string_dataset(hid_t loc, const std::string& name, const std::string&
 std::string read_string_dataset(hid_t loc, const std::string& name, bool verify,
                                 const H5Context& ctx);
 
+// File access properties for every checkpoint file: H5Fclose really closes (STRONG: reports
+// and releases even if a handle leaked), and no HDF5 file locking -- the commit protocol
+// already keeps readers off files being written, and flock fails on some network file systems
+// where checkpoint directories live.
+H5PlistHandle checkpoint_file_access(const H5Context& ctx);
+
 // "1.10.8": the HDF5 library this process runs with.
 std::string h5_library_version();
 

@@ -104,7 +104,10 @@ int cmd_ls(const std::string& dir) {
     } catch (const Error& e) {
       r.error = fmt::format("unreadable ({})", error_kind_name(e.kind()));
     }
-    if (!c.sidecar) r.error += r.error.empty() ? "no sidecar" : ", no sidecar";
+    if (!c.sidecar) {
+      const char* what = c.sidecar_error.empty() ? "no sidecar" : "sidecar unreadable";
+      r.error += r.error.empty() ? what : std::string(", ") + what;
+    }
     rows.push_back(std::move(r));
   }
   // The best-k table of the newest checkpoint (the one latest.json names, else the first row).

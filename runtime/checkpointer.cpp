@@ -200,6 +200,7 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
                      trainer_.state().batch_in_epoch));
   }
   log0(control_, fmt::format("resumed from '{}' at step {}", chosen, info.global_step));
+  resume_info_ = info;
   return info;
 }
 
@@ -226,7 +227,7 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   m.config_yaml = cfg.resolved_yaml;
   m.hparams_json = trainer_.hparams_json();
   m.fingerprint = architecture_fingerprint(trainer_.model());
-  m.optimizer_json = optimizer_json(trainer_.optimizer(), cfg.optimizer.name);
+  m.optimizer_json = optimizer_json(trainer_.optimizer(), cfg.optimizer.name, trainer_.model());
   m.scheduler_json = nlohmann::json{{"name", cfg.scheduler.name},
                                     {"step", st.global_step},
                                     {"lr", trainer_.current_lr()}}
@@ -285,14 +286,22 @@ void Checkpointer::after_commit(const std::vector<std::string>& dropped, const s
   if (save_comm_->rank() != 0) return;
   for (const auto& f : dropped) ckpt::remove_checkpoint(*fs_, (fs::path(dirpath_) / f).string());
   if (policy_->options().save_last) {
-    // last.h5 -> newest checkpoint, replaced atomically (hard link to a temp name + rename).
-    const fs::path target = fs::path(dirpath_) / file;
-    const fs::path tmp = fs::path(dirpath_) / ".last.h5.tmp-link";
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    fs::create_hard_link(target, tmp, ec);
-    if (ec) fs::copy_file(target, tmp, fs::copy_options::overwrite_existing, ec);
-    if (!ec) fs::rename(tmp, fs::path(dirpath_) / "last.h5", ec);
+    // last.h5 (+ its checksum sidecar) -> newest checkpoint, each replaced atomically (hard
+    // link to a temporary name, then rename). A crash between the two leaves a pair whose
+    // checksum disagrees: resume then skips last.h5 and uses latest.json / the other files.
+    for (const std::string suffix : {".sum", ""}) {
+      const fs::path target = fs::path(dirpath_) / (file + suffix);
+      const fs::path tmp = fs::path(dirpath_) / (".last.h5" + suffix + ".tmp-link");
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      fs::create_hard_link(target, tmp, ec);
+      if (ec) fs::copy_file(target, tmp, fs::copy_options::overwrite_existing, ec);
+      if (!ec) fs::rename(tmp, fs::path(dirpath_) / ("last.h5" + suffix), ec);
+      if (ec) {
+        std::fprintf(stderr, "ddp-train: warning: could not update last.h5%s: %s\n",
+                     suffix.c_str(), ec.message().c_str());
+      }
+    }
   }
 }
 

@@ -56,6 +56,7 @@ class Checkpointer {
   void wait();
 
   const std::string& dirpath() const { return dirpath_; }
+  const ResumeInfo& resume_info() const { return resume_info_; }
   int64_t saves_completed() const { return saves_completed_; }
   double last_stall_s() const { return last_stall_s_; }
 
@@ -69,6 +70,7 @@ class Checkpointer {
   std::unique_ptr<Communicator> save_comm_;
   std::shared_ptr<ckpt::FileSystem> fs_;
   std::unique_ptr<ckpt::CheckpointPolicy> policy_;
+  ResumeInfo resume_info_;
   std::string dirpath_;
   int64_t last_saved_step_ = -1;
   double last_save_time_s_ = 0;

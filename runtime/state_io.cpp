@@ -114,14 +114,21 @@ std::vector<ckpt::TensorSource> optimizer_sources(torch::optim::Optimizer& optim
   return out;
 }
 
-std::string optimizer_json(torch::optim::Optimizer& optimizer, const std::string& name) {
+std::string optimizer_json(torch::optim::Optimizer& optimizer, const std::string& name,
+                           const torch::nn::Module& model) {
   nlohmann::json j;
   j["type"] = name;
+  // The optimizer's parameter order (torch matches state to parameters by position).
+  std::vector<std::string> names;
+  for (const auto& item : model.named_parameters()) {
+    if (item.value().requires_grad()) names.push_back(item.key());
+  }
   nlohmann::json groups = nlohmann::json::array();
   for (auto& g : optimizer.param_groups()) {
     nlohmann::json group;
     group["lr"] = g.options().get_lr();
     group["num_params"] = g.params().size();
+    group["param_names"] = names;  // one group: all trainable parameters, model order
     if (auto* o = dynamic_cast<torch::optim::SGDOptions*>(&g.options())) {
       group["momentum"] = o->momentum();
       group["weight_decay"] = o->weight_decay();

@@ -22,7 +22,8 @@ namespace ddp {
 std::vector<ckpt::TensorSource> model_sources(const torch::nn::Module& model);
 std::vector<ckpt::TensorSource> optimizer_sources(torch::optim::Optimizer& optimizer,
                                                   const torch::nn::Module& model);
-std::string optimizer_json(torch::optim::Optimizer& optimizer, const std::string& name);
+std::string optimizer_json(torch::optim::Optimizer& optimizer, const std::string& name,
+                           const torch::nn::Module& model);
 
 // What load_model_state did not load (strict=false) — empty when everything matched.
 struct LoadReport {

@@ -79,6 +79,12 @@ std::string Trainer::hparams_json() const {
                    {"dropout", m.dropout},   {"d_model", m.d_model},
                    {"n_layers", m.n_layers}, {"n_heads", m.n_heads},
                    {"d_ff", m.d_ff},         {"options", m.options}};
+  // What the model factory needs from the dataset, so that a model can be rebuilt from the
+  // checkpoint alone (load_from_checkpoint).
+  const DatasetInfo& info = data_.train->info();
+  j["data_info"] = {{"task", task_name(info.task)},
+                    {"input_shape", info.input_shape},
+                    {"num_outputs", info.num_outputs}};
   return j.dump();
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cerrno>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -112,6 +113,7 @@ TEST_P(CommitCrash, CrashBeforeEveryStepKeepsAValidCheckpoint) {
     FaultInjectingFileSystem fs(default_file_system());
     save_checkpoint(dir, cc.new_name, sample_checkpoint(200, 2.0), true, fs);
     steps = fs.mutations();
+    std::filesystem::remove_all(dir);
   }
   ASSERT_EQ(steps, reuse ? 12 : 9);
   for (int k = 1; k <= steps; ++k) {
@@ -129,6 +131,7 @@ TEST_P(CommitCrash, CrashBeforeEveryStepKeepsAValidCheckpoint) {
     save_checkpoint(dir, "step=300.h5", sample_checkpoint(300, 3.0));
     expect_consistent(dir, "", 300, 300);
     EXPECT_EQ(read_latest(default_file_system(), dir)->global_step, 300);
+    std::filesystem::remove_all(dir);
   }
 }
 
@@ -136,7 +139,12 @@ INSTANTIATE_TEST_SUITE_P(Cases, CommitCrash,
                          ::testing::Values(CrashCase{"step=200.h5", false},
                                            CrashCase{"step=200.h5", true},
                                            CrashCase{"step=100.h5", false},
-                                           CrashCase{"step=100.h5", true}));
+                                           CrashCase{"step=100.h5", true}),
+                         [](const ::testing::TestParamInfo<CrashCase>& info) {
+                           return std::string(std::string(info.param.new_name) == "step=100.h5"
+                                                  ? "ReusedName" : "NewName") +
+                                  (info.param.partial_write ? "PartialWrite" : "");
+                         });
 
 TEST(CheckpointCommit, FailureAtEveryStepIsIOErrorAndKeepsAValidCheckpoint) {
   for (const bool reuse : {false, true}) {
@@ -157,6 +165,7 @@ TEST(CheckpointCommit, FailureAtEveryStepIsIOErrorAndKeepsAValidCheckpoint) {
         EXPECT_NE(std::string(e.what()).find("EIO"), std::string::npos) << e.what();
       }
       expect_consistent(dir, reuse ? "" : "step=100.h5", 100, 200);
+      std::filesystem::remove_all(dir);
     }
   }
 }
