@@ -28,6 +28,7 @@ void write_summary(const std::string& path, const TrainResult& r, const Config& 
   j["wall_s"] = r.wall_s;
   j["world_size"] = r.world_size;
   j["backend"] = r.backend;
+  j["preempted"] = r.preempted;
   j["model"] = config.model.name;
   j["run_dir"] = r.run_dir;
   std::ofstream out(path);
@@ -94,6 +95,15 @@ int train_cli_main(int argc, char** argv) {
       });
     }
     comm->barrier();
+    if (result.preempted) {
+      if (comm->rank() == 0) {
+        std::fprintf(stderr, "ddp-train: preempted at step %lld; exiting with %lld (resume with "
+                     "--resume auto)\n",
+                     static_cast<long long>(result.steps),
+                     static_cast<long long>(config.preemption.exit_code));
+      }
+      return static_cast<int>(config.preemption.exit_code);
+    }
     return kExitOk;
   } catch (const AgreedError& e) {
     // All ranks hold this error: one message (rank 0), same exit code everywhere.

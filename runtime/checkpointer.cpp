@@ -350,6 +350,11 @@ void Checkpointer::on_train_end(const std::map<std::string, double>& metrics) {
   wait();
 }
 
+void Checkpointer::save_if_unsaved(const std::map<std::string, double>& metrics) {
+  if (trainer_.state().global_step != last_saved_step_) save_now(metrics, true);
+  wait();
+}
+
 std::string Checkpointer::save_now(const std::map<std::string, double>& metrics, bool wait_done) {
   start_save(metrics);
   if (wait_done) wait();

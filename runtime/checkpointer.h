@@ -52,6 +52,8 @@ class Checkpointer {
   void on_train_end(const std::map<std::string, double>& metrics);
   // Saves now regardless of the period (preemption, tests). Returns the file name.
   std::string save_now(const std::map<std::string, double>& metrics, bool wait);
+  // Saves (and waits) unless the current step was already saved.
+  void save_if_unsaved(const std::map<std::string, double>& metrics);
   // Waits for an async save in flight (no-op otherwise); rethrows its error per on_error.
   void wait();
 

@@ -110,6 +110,12 @@ struct CheckpointConfig {
   std::string resume = "none";       // auto | last | best | none | <path to .h5>
 };
 
+struct PreemptionConfig {
+  std::string signals = "SIGTERM,SIGINT,SIGUSR1";  // caught on any rank -> coordinated stop
+  int64_t exit_code = 75;  // exit status after a preemption stop (distinct from 0-4)
+  bool save = true;        // save a checkpoint at the stop (if checkpoint.enabled)
+};
+
 struct Config {
   TrainerConfig trainer;
   OptimizerConfig optimizer;
@@ -118,6 +124,7 @@ struct Config {
   DataConfig data;
   ModelConfig model;
   CheckpointConfig checkpoint;
+  PreemptionConfig preemption;
   std::string resolved_yaml;  // the full effective config, as YAML (for logs and checkpoints)
 };
 

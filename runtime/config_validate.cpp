@@ -12,6 +12,7 @@
 
 #include "collectives/error.h"
 #include "runtime/config_internal.h"
+#include "runtime/stop_signal.h"
 
 namespace ddp {
 
@@ -96,6 +97,10 @@ checkpoint:
   chunk_mb: 64.0                # gather round size per rank, MiB (bounds rank 0's extra memory)
   on_error: stop                # a failed save: stop (every rank exits) | continue (warn)
   resume: none                  # auto | last | best | none | <path to a .h5 checkpoint>
+preemption:
+  signals: "SIGTERM,SIGINT,SIGUSR1"  # caught on any rank: every rank stops at the same step
+  exit_code: 75                 # exit status after a preemption stop (ddp-launch restarts on it)
+  save: true                    # save a checkpoint at the stop (when checkpoint.enabled)
 )yaml";
 
 }  // namespace ddp
@@ -181,6 +186,9 @@ const std::vector<Field>& schema() {
       DDP_CONFIG_FIELD(checkpoint, chunk_mb),
       DDP_CONFIG_FIELD(checkpoint, on_error),
       DDP_CONFIG_FIELD(checkpoint, resume),
+      DDP_CONFIG_FIELD(preemption, signals),
+      DDP_CONFIG_FIELD(preemption, exit_code),
+      DDP_CONFIG_FIELD(preemption, save),
   };
   return fields;
 }
@@ -351,9 +359,18 @@ void validate_checkpoint(const CheckpointConfig& c) {
   if (c.resume.empty()) fail("checkpoint.resume", "auto, last, best, none or a path", "''");
 }
 
+void validate_preemption(const PreemptionConfig& p) {
+  if (p.exit_code < 5 || p.exit_code > 125) {
+    fail("preemption.exit_code", "in [5, 125] (0-4 are success and error codes)",
+         std::to_string(p.exit_code));
+  }
+  parse_signal_list(p.signals);  // throws naming an unknown signal
+}
+
 }  // namespace
 
 void validate(const Config& config) {
+  validate_preemption(config.preemption);
   validate_checkpoint(config.checkpoint);
   validate_trainer(config.trainer);
   validate_optimizer(config.optimizer);

@@ -18,6 +18,7 @@
 #include "runtime/cuda_seam.h"
 #include "runtime/ddp_engine.h"
 #include "runtime/metrics.h"
+#include "runtime/stop_signal.h"
 
 #if defined(DDP_WITH_NCCL)
 #include "collectives/nccl_communicator.h"
@@ -70,6 +71,8 @@ Trainer::Trainer(Config config, Communicator& control)
                                                    std::make_shared<ckpt::PosixFileSystem>());
   });
   if (config_.checkpoint.resume != "none") checkpointer_->resume(config_.checkpoint.resume);
+  StopSignal::reset();
+  StopSignal::install(parse_signal_list(config_.preemption.signals));
 }
 
 std::string Trainer::hparams_json() const {
@@ -99,7 +102,7 @@ std::map<std::string, double> Trainer::monitored_metrics() const {
   return m;
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() { StopSignal::uninstall(); }
 
 void Trainer::setup() {
   const auto& tc = config_.trainer;
@@ -316,6 +319,7 @@ TrainResult Trainer::fit() {
         tc.batch_size * control_.size() * tc.accumulate_grad_batches));
   }
   int64_t epochs_started = 0;
+  bool preempted = false;
   bool done = total_steps_ >= 0 && state_.global_step >= total_steps_;
   while (!done) {
     if (tc.max_epochs > 0 && state_.epoch >= tc.max_epochs) break;
@@ -345,7 +349,13 @@ TrainResult Trainer::fit() {
         window_steps_ = 0;
         log_step(mean, val);
       }
-      const bool stop = stop_after_step_ >= 0 && state_.global_step >= stop_after_step_;
+      // Preemption: a signal on any rank stops every rank after this same step. One 8-byte
+      // all-reduce per step (its cost is in docs/performance.md).
+      int64_t signalled = StopSignal::requested() ? 1 : 0;
+      control_.all_reduce(&signalled, 1, DType::kInt64, ReduceOp::kMax);
+      if (signalled) preempted = true;
+      const bool stop = preempted ||
+                        (stop_after_step_ >= 0 && state_.global_step >= stop_after_step_);
       const bool epoch_end = state_.batch_in_epoch >= micro_per_epoch_;
       if (epoch_end) {
         ++state_.epoch;
@@ -362,6 +372,14 @@ TrainResult Trainer::fit() {
       }
     }
   }
+  if (preempted && config_.preemption.save && config_.checkpoint.enabled) {
+    if (control_.rank() == 0) {
+      progress_->message(fmt::format("ddp-train: stop requested by a signal; saving a "
+                                     "checkpoint at step {} and exiting",
+                                     state_.global_step));
+    }
+    checkpointer_->save_if_unsaved(monitored_metrics());
+  }
   checkpointer_->on_train_end(monitored_metrics());
   if (control_.rank() == 0) progress_->finish();
 
@@ -374,6 +392,8 @@ TrainResult Trainer::fit() {
   r.samples = samples_done_;
   r.samples_per_s = r.wall_s > 0 ? static_cast<double>(samples_done_) / r.wall_s : 0.0;
   r.world_size = control_.size();
+  r.preempted = preempted;
+  r.signal = StopSignal::last_signal();
   r.backend = grad_comm_->backend_name();
   r.run_dir = run_dir_;
   return r;

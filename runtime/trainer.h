@@ -54,6 +54,8 @@ struct TrainResult {
   double wall_s = 0.0;
   int64_t samples = 0;  // global samples consumed
   int world_size = 1;
+  bool preempted = false;  // stopped by a signal (coordinated across ranks)
+  int signal = 0;          // the signal this rank saw (0 if it only learned it from a peer)
   std::string backend;
   std::string run_dir;
 };

@@ -134,6 +134,9 @@ void expect_same_fields(const Config& a, const Config& b) {
   EXPECT_EQ(a.checkpoint.chunk_mb, b.checkpoint.chunk_mb);
   EXPECT_EQ(a.checkpoint.on_error, b.checkpoint.on_error);
   EXPECT_EQ(a.checkpoint.resume, b.checkpoint.resume);
+  EXPECT_EQ(a.preemption.signals, b.preemption.signals);
+  EXPECT_EQ(a.preemption.exit_code, b.preemption.exit_code);
+  EXPECT_EQ(a.preemption.save, b.preemption.save);
 }
 
 // ---- Defaults and shipped configs
@@ -538,6 +541,28 @@ TEST(Config, ResolvedYamlOfDefaultsLoadsToDefaults) {
   expect_same_fields(load_config_from_string(defaults.resolved_yaml, {}), Config{});
   EXPECT_NE(defaults.resolved_yaml.find("precision: \"32\""), std::string::npos)
       << defaults.resolved_yaml;
+}
+
+}  // namespace
+}  // namespace ddp
+
+namespace ddp {
+namespace {
+
+TEST(ConfigPreemption, SignalsAndExitCodeAreValidated) {
+  EXPECT_NO_THROW(load_config_from_string("{}", {"preemption.signals=USR1, sigterm"}));
+  try {
+    load_config_from_string("{}", {"preemption.signals=SIGTERM,SIGFOO"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("FOO"), std::string::npos) << e.what();
+  }
+  try {
+    load_config_from_string("{}", {"preemption.exit_code=2"});
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("preemption.exit_code"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
