@@ -51,12 +51,12 @@ if ((QUICK)); then
   AR_ARGS=(--rounds 5 --block-mb 32 --min-iters 3)
   OV_ARGS=(--rounds 15 --steps 40 --warmup 20)
   BK_ARGS=(--rounds 5 --steps 4 --warmup 2)
-  TRAIN_STEPS=600 TRAIN_PAIRS=3
+  TRAIN_STEPS=600 TRAIN_ROUNDS=3
 else
   AR_ARGS=(--rounds 11 --block-mb 64 --min-iters 5)
-  OV_ARGS=(--rounds 41 --steps 100 --warmup 50)
+  OV_ARGS=(--rounds 61 --steps 50 --warmup 50)
   BK_ARGS=(--rounds 9 --steps 8 --warmup 3)
-  TRAIN_STEPS=2000 TRAIN_PAIRS=5
+  TRAIN_STEPS=2000 TRAIN_ROUNDS=5
 fi
 TORCH_WARMUP=20
 
@@ -119,28 +119,45 @@ fi
 free_port() {
   "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+# The build must accept the config file as it is now (configs/ evolves with the code).
+if ! err=$("$BIN/ddp-train" "${CONFIG_ARGS[@]}" "${TRAIN_SET[@]}" --print-config 2>&1 >/dev/null); then
+  die "ddp-train in $BIN rejects the training settings (stale build? rebuild ddp-train):
+$err"
+fi
 export MASTER_ADDR=127.0.0.1
-log "4/4 ddp-train vs PyTorch DDP: $TRAIN_PAIRS pairs x $TRAIN_STEPS steps"
-order=0
-for ((i = 0; i < TRAIN_PAIRS; ++i)); do
-  summary=$RESULTS/train_${order}_ddp.json
-  cmd=("${MPI[@]}" -np 2 "$BIN/ddp-train" "${CONFIG_ARGS[@]}" "${TRAIN_SET[@]}"
-       --set "trainer.name=bench_$i" --summary "$summary")
-  ((i == 0)) && COMMANDS+=("$(rel "${cmd[@]}")")
-  "${cmd[@]}" >"$RESULTS/train_${order}_ddp.log" 2>&1 ||
-    die "ddp-train failed; see $RESULTS/train_${order}_ddp.log"
+export MASTER_PORT
+# Three jobs per round, in this order: ddp-train as launched by everyone (the target),
+# the PyTorch DDP peer, and ddp-train with Open MPI told to yield the CPU while it polls
+# (a diagnostic: on a machine with more runnable threads than cores, busy polling delays
+# the peer rank).
+run_ddp_train() {  # $1: kind (ddp | ddpyield), $2: run order, rest: extra mpirun options
+  local kind=$1 ord=$2
+  shift 2
+  local summary=$RESULTS/train_${ord}_${kind}.json
+  local cmd=("${MPI[@]}" "$@" -np 2 "$BIN/ddp-train" "${CONFIG_ARGS[@]}" "${TRAIN_SET[@]}"
+             --set "trainer.name=bench_$ord" --summary "$summary")
+  ((round == 0)) && COMMANDS+=("$(rel "${cmd[@]}")")
+  "${cmd[@]}" >"$RESULTS/train_${ord}_${kind}.log" 2>&1 ||
+    die "ddp-train failed; see $RESULTS/train_${ord}_${kind}.log"
   [[ -s $summary ]] || die "ddp-train wrote no summary $summary"
-  order=$((order + 1))
-
-  export MASTER_PORT
+}
+run_torch() {  # $1: run order
+  local ord=$1
   MASTER_PORT=$(free_port)
-  cmd=("${MPI[@]}" -np 2 -x MASTER_ADDR -x MASTER_PORT "$PY" "$ROOT/bench/torch_ddp_peer.py"
-       --steps "$TRAIN_STEPS" --warmup "$TORCH_WARMUP")
-  ((i == 0)) && COMMANDS+=("MASTER_ADDR=127.0.0.1 MASTER_PORT=<free port> $(rel "${cmd[@]}")")
-  "${cmd[@]}" >"$RESULTS/train_${order}_torch.json" 2>"$RESULTS/train_${order}_torch.log" ||
-    die "PyTorch DDP peer failed; see $RESULTS/train_${order}_torch.log"
-  order=$((order + 1))
-  log "   pair $((i + 1))/$TRAIN_PAIRS done"
+  local cmd=("${MPI[@]}" -np 2 -x MASTER_ADDR -x MASTER_PORT "$PY" "$ROOT/bench/torch_ddp_peer.py"
+             --steps "$TRAIN_STEPS" --warmup "$TORCH_WARMUP")
+  ((round == 0)) && COMMANDS+=("MASTER_ADDR=127.0.0.1 MASTER_PORT=<free port> $(rel "${cmd[@]}")")
+  "${cmd[@]}" >"$RESULTS/train_${ord}_torch.json" 2>"$RESULTS/train_${ord}_torch.log" ||
+    die "PyTorch DDP peer failed; see $RESULTS/train_${ord}_torch.log"
+}
+log "4/4 ddp-train vs PyTorch DDP: $TRAIN_ROUNDS rounds x 3 jobs x $TRAIN_STEPS steps"
+order=0
+for ((round = 0; round < TRAIN_ROUNDS; ++round)); do
+  run_ddp_train ddp "$order"
+  run_torch "$((order + 1))"
+  run_ddp_train ddpyield "$((order + 2))" --mca mpi_yield_when_idle 1
+  order=$((order + 3))
+  log "   round $((round + 1))/$TRAIN_ROUNDS done"
 done
 
 # --- figure (optional)
@@ -157,7 +174,7 @@ INVOCATION="$([[ $QUICK == 1 ]] && echo 'BENCH_QUICK=1 ')bash bench/run.sh $BUIL
 export BENCH_META_COMMANDS
 BENCH_META_COMMANDS=$(printf '%s\n' "${COMMANDS[@]}")
 "$PY" - "$RESULTS/meta.json" <<EOF
-import json, os, re, subprocess, sys
+import json, os, subprocess, sys
 cpu = "unknown CPU"
 with open("/proc/cpuinfo") as f:
     for line in f:
@@ -165,10 +182,11 @@ with open("/proc/cpuinfo") as f:
             cpu = line.split(":", 1)[1].strip()
             break
 mpi = subprocess.run(["$MPIRUN_BIN", "--version"], capture_output=True, text=True).stdout
-peer = json.load(open("$RESULTS/train_1_torch.json"))
+peer = json.load(open("$RESULTS/train_1_torch.json"))  # the first peer run
 meta = {
     "date": subprocess.run(["date", "-Iseconds"], capture_output=True, text=True).stdout.strip(),
-    "nproc": int(subprocess.run(["nproc"], capture_output=True, text=True).stdout),
+    # What nproc prints without OMP_NUM_THREADS (exported above, and nproc honours it).
+    "nproc": len(os.sched_getaffinity(0)),
     "cpu_model": cpu,
     "loadavg_start": "$LOAD_START",
     "loadavg_end": open("/proc/loadavg").read().split()[:3],

@@ -18,6 +18,7 @@
 #include "runtime/cuda_seam.h"
 #include "runtime/ddp_engine.h"
 #include "runtime/metrics.h"
+#include "runtime/fault_injection.h"
 #include "runtime/stop_signal.h"
 
 #if defined(DDP_WITH_NCCL)
@@ -213,6 +214,7 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
   const int64_t bs = config_.trainer.batch_size;
   const Task task = data_.train->info().task;
   const bool sync_buffers = control_.size() > 1 && !model_->buffers().empty();
+  maybe_inject_stall(control_.rank(), state_.global_step + 1);
   engine_->zero_grad();
   set_learning_rate(*optimizer_, schedule_->lr_at(state_.global_step));
   double loss_sum = 0.0;
@@ -229,7 +231,12 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
     loss_sum += loss.item<double>();
     samples_done_ += static_cast<int64_t>(idx.size()) * control_.size();
   }
-  engine_->finish_backward();
+  try {
+    engine_->finish_backward();
+  } catch (const Error& e) {
+    throw Error(e.kind(), fmt::format("gradient all-reduce of step {}: {}", state_.global_step + 1,
+                                      e.what()));
+  }
   if (config_.trainer.gradient_clip_val > 0) {
     torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.trainer.gradient_clip_val);
   }

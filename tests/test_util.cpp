@@ -1,6 +1,7 @@
 #include "tests/test_util.h"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
@@ -33,7 +34,25 @@ std::string temp_dir(const std::string& tag) {
   return path;
 }
 
+// This test process is itself an MPI process (singleton or under mpirun): the variables Open
+// MPI and PMIx put in its environment would make an mpirun started from here try to join this
+// process's session and fail at once. Children must start clean (MPI was initialised already).
+static void drop_mpi_environment() {
+  std::vector<std::string> names;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry(*e);
+    const std::string name = entry.substr(0, entry.find('='));
+    for (const char* prefix : {"OMPI_", "PMIX_", "OPAL_", "ORTE_"}) {
+      if (name.rfind(prefix, 0) == 0 && name.find("ALLOW_RUN_AS_ROOT") == std::string::npos) {
+        names.push_back(name);
+      }
+    }
+  }
+  for (const auto& n : names) unsetenv(n.c_str());
+}
+
 CommandResult run_command(const std::string& command, int timeout_s) {
+  drop_mpi_environment();
   const std::string wrapped =
       fmt::format("timeout -k 5 {} bash -c '{}' 2>&1", timeout_s, [&] {
         std::string escaped;

@@ -2,6 +2,7 @@
 // readable message naming the key/file/rank and the documented exit code; never a hang.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -127,6 +128,21 @@ TEST(Cli, SuccessfulRunWritesSummaryAndMetrics) {
   int rows = 0;
   for (std::string line; std::getline(csv, line);) ++rows;
   EXPECT_EQ(rows, 4);  // steps 2, 4, 6, 8
+}
+
+TEST(Cli, StalledRankMakesTheOthersFailWithTheTimeoutMessage) {
+  const std::string dir = test::temp_dir("stall");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = run_command("DDP_FAULT_STALL=1:5:60 " +
+                                 mpirun(2, quick(dir) + " --set trainer.max_steps=20 "
+                                                        "--set ddp.timeout_s=2"),
+                             120);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.exit_code, kExitDistributed) << r.output;
+  EXPECT_NE(r.output.find("did not complete within 2 s"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step 5"), std::string::npos) << r.output;
+  EXPECT_LT(secs, 30.0) << "the job must end soon after ddp.timeout_s, not after the stall";
 }
 
 TEST(Cli, RunsWithoutMpirun) {

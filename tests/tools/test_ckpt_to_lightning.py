@@ -285,8 +285,9 @@ class SgdOneRankTest(FullStateChecks, unittest.TestCase):
     def make_torch_optimizer(params):
         return torch.optim.SGD(params, lr=1.0, momentum=0.5)
 
-    def test_single_rank_order_comes_from_the_file(self):
-        self.assertEqual(self.ckpt["ddp_runtime"]["param_order"], "write_order")
+    def test_parameter_order_comes_from_the_optimizer_json(self):
+        # ddp-train records the optimizer's parameter names (model order) in optimizer_json.
+        self.assertEqual(self.ckpt["ddp_runtime"]["param_order"], "optimizer_json")
 
 
 class WeightsOnlyCheckpointTest(ConvertedCheckpoint, unittest.TestCase):

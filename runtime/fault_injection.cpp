@@ -1,0 +1,23 @@
+#include "runtime/fault_injection.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+namespace ddp {
+
+void maybe_inject_stall(int rank, int64_t step) {
+  static const char* spec = std::getenv("DDP_FAULT_STALL");
+  if (!spec) return;
+  int r = -1;
+  long long s = -1;
+  double seconds = 0;
+  if (std::sscanf(spec, "%d:%lld:%lf", &r, &s, &seconds) != 3) return;
+  if (r != rank || s != step) return;
+  std::fprintf(stderr, "ddp-train: [fault injection] rank %d stalls %.1f s at step %lld\n", rank,
+               seconds, s);
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+}
+
+}  // namespace ddp
