@@ -56,7 +56,7 @@ else
   AR_ARGS=(--rounds 11 --block-mb 64 --min-iters 5)
   OV_ARGS=(--rounds 61 --steps 50 --warmup 50)
   BK_ARGS=(--rounds 9 --steps 8 --warmup 3)
-  TRAIN_STEPS=2000 TRAIN_ROUNDS=5
+  TRAIN_STEPS=1000 TRAIN_ROUNDS=5
 fi
 TORCH_WARMUP=20
 
@@ -72,7 +72,7 @@ rel() { local s="$*"; s=${s//$BUILD/<build>}; s=${s//$RESULTS/<results>}; echo "
 
 START=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "results in $RESULTS ($([[ $QUICK == 1 ]] && echo quick || echo full) mode)"
+log "results in $RESULTS ($( ((QUICK)) && echo quick || echo full) mode)"
 
 # --- 1. all-reduce
 cmd=("${MPI[@]}" -np 2 "$BIN/bench_allreduce" "${AR_ARGS[@]}")
@@ -170,7 +170,8 @@ fi
 
 # --- report
 END=$(date +%s)
-INVOCATION="$([[ $QUICK == 1 ]] && echo 'BENCH_QUICK=1 ')bash bench/run.sh $BUILD_ARG"
+INVOCATION="bash bench/run.sh $BUILD_ARG"
+if ((QUICK)); then INVOCATION="BENCH_QUICK=1 $INVOCATION"; fi
 export BENCH_META_COMMANDS
 BENCH_META_COMMANDS=$(printf '%s\n' "${COMMANDS[@]}")
 "$PY" - "$RESULTS/meta.json" <<EOF
@@ -192,7 +193,7 @@ meta = {
     "loadavg_end": open("/proc/loadavg").read().split()[:3],
     "mpi_version": (mpi.splitlines() or ["mpirun ?"])[0],
     "torch_version": peer.get("torch", "?"),
-    "quick": $QUICK == 1,
+    "quick": bool($QUICK),
     "wall_s": $END - $START,
     "command": "$INVOCATION",
     "train_steps": $TRAIN_STEPS,

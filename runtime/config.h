@@ -1,7 +1,7 @@
 // The run configuration: typed, validated, with PyTorch Lightning's names where one exists.
 //
-// Sources, later wins: built-in defaults (kDefaultConfigYaml, the same text as
-// configs/default.yaml documents), the user's YAML file, then `--set a.b=value` overrides.
+// Sources, later wins: built-in defaults (kDefaultConfigYaml in config_validate.cpp; same keys
+// in the same order as configs/default.yaml), the user's YAML file, then `--set a.b=value`.
 // load_config() rejects unknown keys (with a "did you mean" suggestion), values of the wrong
 // type and out-of-range values with ddp::Error(kInvalidArgument) naming the key; a missing
 // file is ddp::Error(kNotFound).
