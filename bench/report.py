@@ -161,6 +161,17 @@ def main() -> int:
         f"- Machine: {meta['nproc']} CPUs (`nproc`), {meta['cpu_model']}; load average "
         f"{meta['loadavg_start']} at the start, {meta['loadavg_end']} at the end",
         f"- Software: {meta['mpi_version']}; PyTorch (peer) {meta['torch_version']}",
+    ]
+    # The benchmarks keep every CPU busy themselves, so load from others before they
+    # started means it competed with them (the load at the end includes our own ranks).
+    others = float(meta["loadavg_start"].split()[0])
+    if others > 0.5 * meta["nproc"]:
+        lines += [
+            f"- **Noisy run**: a 1-minute load average of {others:.1f} on {meta['nproc']} CPUs "
+            "before it started: other work competed with every measurement, so expect",
+            "  run-to-run spread of the ratios (see Caveats).",
+        ]
+    lines += [
         f"- Mode: {'quick (BENCH_QUICK=1)' if meta['quick'] else 'full'}, wall time "
         f"{meta['wall_s']:.0f} s",
         f"- Command: `{meta['command']}`",

@@ -55,8 +55,8 @@ if ((QUICK)); then
 else
   AR_ARGS=(--rounds 11 --block-mb 64 --min-iters 5)
   OV_ARGS=(--rounds 61 --steps 50 --warmup 50)
-  BK_ARGS=(--rounds 9 --steps 8 --warmup 3)
-  TRAIN_STEPS=1000 TRAIN_ROUNDS=5
+  BK_ARGS=(--rounds 7 --steps 8 --warmup 3)
+  TRAIN_STEPS=1000 TRAIN_ROUNDS=4
 fi
 TORCH_WARMUP=20
 
