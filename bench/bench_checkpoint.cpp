@@ -31,14 +31,18 @@
 //                               the time until training may continue); the background part is
 //                               waited for outside the figure
 // Before every timed variant: leftovers removed, sync(), barrier. Rank 0's memory during each
-// `ours` save: VmHWM after resetting it (/proc/self/clear_refs = 5) and a 1 ms RSS sampler,
+// `ours` save: VmHWM after resetting it (/proc/self/clear_refs = 5; a 1 ms RSS sampler where that
+// is refused, and on the untimed first save as a cross-check),
 // minus VmRSS just before.
 // --phases 1 adds a breakdown of the save on rank 0 (3 repetitions, not alternated): snapshot
 // copy + hash, gather, HDF5 write + close, fsync, whole-file hash, the rest of the commit.
 //
+// --dir is scratch space: emptied at the start, removed at the end.
 // Rank 0 prints one JSON object on stdout; progress goes to stderr.
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -190,6 +194,31 @@ bool reset_peak_rss() {
   out << "5";
   out.flush();
   return static_cast<bool>(out);
+}
+
+// Bytes of anonymous memory this process touched for the first time (minor page faults, all
+// threads): what a save allocates afresh. Page-cache pages written by write() are not counted.
+uint64_t minor_fault_bytes() {
+  rusage r{};
+  getrusage(RUSAGE_SELF, &r);
+  return static_cast<uint64_t>(r.ru_minflt) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+// Memory bandwidth of first-touching fresh pages vs rewriting touched ones (GB/s): on a virtual
+// machine whose host backs guest memory lazily, the first is many times slower, and every
+// freshly allocated buffer of a save pays it.
+std::pair<double, double> touch_bandwidth() {
+  const size_t n = 128u << 20;
+  void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return {0, 0};
+  const auto t0 = std::chrono::steady_clock::now();
+  std::memset(p, 1, n);
+  const auto t1 = std::chrono::steady_clock::now();
+  std::memset(p, 2, n);
+  const auto t2 = std::chrono::steady_clock::now();
+  ::munmap(p, n);
+  return {n / std::chrono::duration<double>(t1 - t0).count() / 1e9,
+          n / std::chrono::duration<double>(t2 - t1).count() / 1e9};
 }
 
 // Samples the resident set every millisecond on a thread; peak() after stop().
@@ -395,19 +424,23 @@ struct SaveSample {
   double finish_s = 0;    // phases 2-4, slowest rank
   uint64_t file_bytes = 0;
   uint64_t rss_before = 0, hwm = 0, sampled_peak = 0;  // rank 0
+  uint64_t fault_bytes = 0;  // rank 0: memory touched for the first time (minor faults)
 };
 
 SaveSample ours_save(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::string& path,
-                     int64_t step, size_t chunk_bytes, bool measure_memory) {
+                     int64_t step, size_t chunk_bytes, bool measure_memory, bool with_sampler) {
   SaveSample s;
   std::unique_ptr<RssSampler> sampler;
   bool hwm_ok = false;
-  if (measure_memory && comm.rank() == 0) {
+  const bool measure = measure_memory && comm.rank() == 0;
+  if (measure) {
     s.rss_before = status_bytes("VmRSS");
     hwm_ok = reset_peak_rss();
-    sampler = std::make_unique<RssSampler>();
+    // The sampler thread costs a little CPU: only where VmHWM cannot be reset, or asked for.
+    if (!hwm_ok || with_sampler) sampler = std::make_unique<RssSampler>();
   }
   comm.barrier();
+  const uint64_t faults0 = minor_fault_bytes();
   const double t0 = now_s();
   ddp::ckpt::SaveRequest req;
   req.meta = make_meta(t, comm.size(), step);
@@ -422,11 +455,12 @@ SaveSample ours_save(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::str
   const auto result = pending->finish(comm, ddp::ckpt::default_file_system());
   pending.reset();
   const double t2 = now_s();
+  s.fault_bytes = minor_fault_bytes() - faults0;
   if (sampler) {
     sampler->stop();
     s.sampled_peak = sampler->peak();
-    s.hwm = hwm_ok ? status_bytes("VmHWM") : 0;
   }
+  if (measure) s.hwm = hwm_ok ? status_bytes("VmHWM") : 0;
   s.total_s = max_over_ranks(comm, t2 - t0);
   s.snapshot_s = max_over_ranks(comm, t1 - t0);
   s.finish_s = max_over_ranks(comm, t2 - t1);
@@ -434,15 +468,19 @@ SaveSample ours_save(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::str
   return s;
 }
 
-double resume_once(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::string& path) {
+double resume_once(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::string& path,
+                   uint64_t* fault_bytes) {
   comm.barrier();
+  const uint64_t faults0 = minor_fault_bytes();
   const double t0 = now_s();
   ddp::ckpt::ReadOptions opts;
   opts.verify_file_checksum = comm.rank() == 0;  // as Checkpointer::resume
   const ddp::ckpt::Checkpoint c = ddp::ckpt::read_checkpoint(path, opts);
   ddp::load_model_state(t.model(), c, /*strict=*/true);
   ddp::load_optimizer_state(t.optimizer(), t.config().optimizer.name, t.model(), c);
-  return max_over_ranks(comm, now_s() - t0);
+  const double secs = now_s() - t0;
+  *fault_bytes = minor_fault_bytes() - faults0;
+  return max_over_ranks(comm, secs);
 }
 
 json stats(const std::vector<double>& v) {
@@ -511,12 +549,18 @@ int main(int argc, char** argv) {
     out["chunk_mb"] = opt.chunk_mb;
     out["rounds"] = opt.rounds;
     out["dir"] = fs::absolute(opt.dir).string();
+    if (root) {
+      const auto [fresh, warm] = touch_bandwidth();
+      out["touch_GBps"] = {{"first_touch", fresh}, {"rewrite", warm}};
+    }
 
     if (opt.only == "all" || opt.only == "save") {
       // A first save (untimed): the file size for the raw peers, and the resume file.
       int64_t step = 1;
       const std::string resume_file = resume_dir + "/step=1.h5";
-      const SaveSample first = ours_save(comm, trainer, resume_file, step++, chunk_bytes, false);
+      // Its memory is measured both ways (VmHWM, RSS sampler) as a cross-check.
+      const SaveSample first =
+          ours_save(comm, trainer, resume_file, step++, chunk_bytes, true, true);
       const uint64_t file_bytes = first.file_bytes;
       out["file_bytes"] = file_bytes;
 
@@ -552,7 +596,7 @@ int main(int argc, char** argv) {
         variants.push_back("torch_nofsync");
       }
       std::map<std::string, std::vector<double>> t;
-      std::vector<double> snap, fin, mem_hwm, mem_sampled;
+      std::vector<double> snap, fin, mem_hwm, mem_sampled, fault_bytes, raw_fault_bytes;
       bool hwm_supported = true;
       for (int r = 0; r < opt.rounds; ++r) {
         for (size_t k = 0; k < variants.size(); ++k) {
@@ -564,24 +608,29 @@ int main(int argc, char** argv) {
           comm.barrier();
           if (v == "ours") {
             const SaveSample s = ours_save(comm, trainer, save_dir + fmt::format("/step={}.h5", step),
-                                           step, chunk_bytes, true);
+                                           step, chunk_bytes, true, false);
             ++step;
             t[v].push_back(s.total_s);
             snap.push_back(s.snapshot_s);
             fin.push_back(s.finish_s);
+            fault_bytes.push_back(static_cast<double>(s.fault_bytes));
             if (root) {
               if (s.hwm == 0) hwm_supported = false;
               mem_hwm.push_back(static_cast<double>(s.hwm) - static_cast<double>(s.rss_before));
-              mem_sampled.push_back(static_cast<double>(s.sampled_peak) -
-                                    static_cast<double>(s.rss_before));
+              if (s.sampled_peak) {
+                mem_sampled.push_back(static_cast<double>(s.sampled_peak) -
+                                      static_cast<double>(s.rss_before));
+              }
             }
           } else {
             double secs = 0;
             if (root) {
               if (v == "raw") {
+                const uint64_t f0 = minor_fault_bytes();
                 const double t0 = now_s();
                 raw_write(save_dir + "/raw.bin", raw_src.data(), raw_src.size());
                 secs = now_s() - t0;
+                raw_fault_bytes.push_back(static_cast<double>(minor_fault_bytes() - f0));
               } else {
                 secs = peer->save(save_dir + "/torch.pt", v == "torch_fsync");
               }
@@ -602,6 +651,8 @@ int main(int argc, char** argv) {
         for (const auto& v : variants) save[v] = stats(t[v]);
         save["ours_snapshot"] = stats(snap);
         save["ours_finish"] = stats(fin);
+        save["rank0_first_touch_bytes_ours"] = stats(fault_bytes);
+        save["rank0_first_touch_bytes_raw"] = stats(raw_fault_bytes);
         const double ours = median(t["ours"]);
         save["throughput_ours_MBps"] = file_bytes / ours / 1e6;
         save["throughput_raw_MBps"] = file_bytes / median(t["raw"]) / 1e6;
@@ -611,8 +662,14 @@ int main(int argc, char** argv) {
           save["time_ratio_ours_vs_torch_nofsync"] = ours / median(t["torch_nofsync"]);
         }
         json mem;
-        mem["method"] = hwm_supported ? "VmHWM reset via clear_refs, and 1 ms RSS sampler"
+        mem["method"] = hwm_supported ? "VmHWM reset via clear_refs"
                                       : "1 ms RSS sampler (clear_refs not permitted)";
+        // The untimed first save, measured both ways.
+        mem["cross_check_hwm"] = first.hwm ? static_cast<double>(first.hwm) -
+                                                 static_cast<double>(first.rss_before)
+                                           : 0.0;
+        mem["cross_check_sampled"] =
+            static_cast<double>(first.sampled_peak) - static_cast<double>(first.rss_before);
         mem["extra_bytes_hwm"] = hwm_supported ? stats(mem_hwm) : json();
         mem["extra_bytes_sampled"] = stats(mem_sampled);
         const double extra = hwm_supported ? median(mem_hwm) : median(mem_sampled);
@@ -629,6 +686,7 @@ int main(int argc, char** argv) {
       if (root) can_drop = opt.drop_caches && drop_page_cache() ? 1 : 0;
       comm.broadcast(&can_drop, 1, ddp::DType::kInt32, 0);
       std::map<std::string, std::vector<double>> rt;
+      std::vector<double> resume_faults;
       const std::vector<std::string> rvariants{"resume", "raw_read"};
       for (int r = 0; r < opt.rounds; ++r) {
         for (size_t k = 0; k < rvariants.size(); ++k) {
@@ -638,7 +696,9 @@ int main(int argc, char** argv) {
           }
           comm.barrier();
           if (v == "resume") {
-            rt[v].push_back(resume_once(comm, trainer, resume_file));
+            uint64_t fb = 0;
+            rt[v].push_back(resume_once(comm, trainer, resume_file, &fb));
+            resume_faults.push_back(static_cast<double>(fb));
           } else {
             double secs = 0;
             if (root) {
@@ -658,6 +718,7 @@ int main(int argc, char** argv) {
         json res;
         res["page_cache_dropped"] = can_drop == 1;
         for (const auto& v : rvariants) res[v] = stats(rt[v]);
+        res["rank0_first_touch_bytes"] = stats(resume_faults);
         res["time_ratio_resume_vs_raw_read"] = median(rt["resume"]) / median(rt["raw_read"]);
         out["resume"] = res;
       }

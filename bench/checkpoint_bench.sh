@@ -3,8 +3,8 @@
 # vs a synchronous save (through the Trainer), rank 0 peak memory during a save, resume vs a raw
 # read. Prints the table and rewrites docs/performance-checkpoint.md.
 #
-#   bash bench/checkpoint_bench.sh [build_dir]          # full: about 4-7 minutes
-#   BENCH_QUICK=1 bash bench/checkpoint_bench.sh ...    # about 2 minutes, fewer rounds
+#   bash bench/checkpoint_bench.sh [build_dir]          # full: about 2-5 minutes
+#   BENCH_QUICK=1 bash bench/checkpoint_bench.sh ...    # about 1.5-3 minutes, 3 rounds
 #
 # build_dir (default: build) must hold bin/bench_checkpoint; it is built there if missing.
 # Raw results go to <build_dir>/bench-results/checkpoint/; checkpoint files to
@@ -173,6 +173,19 @@ if ph:
                        f"{med(s2, 'ours_snapshot'):.3f} / {med(s2, 'ours_finish'):.3f} | |")
     phase_lines.append(f"| (raw write+fsync of {fb / mb:.0f} MB, for reference) | {med(s2, 'raw'):.3f} | |")
 
+touch = np2.get("touch_GBps", {})
+touch_lines = []
+if touch:
+    touch_lines.append(f"- memory bandwidth on rank 0: first touch of freshly mmapped pages {touch['first_touch']:.2f} GB/s, "
+                       f"rewriting the same pages {touch['rewrite']:.1f} GB/s")
+for tag, s, r in (("2 ranks", s2, r2), ("1 rank", s1, r1)):
+    if "rank0_first_touch_bytes_ours" in s:
+        touch_lines.append(f"- fresh anonymous memory first-touched by rank 0 ({tag}; minor faults x page size): "
+                           f"one save {med(s, 'rank0_first_touch_bytes_ours') / mb:.0f} MB, "
+                           f"the raw write {med(s, 'rank0_first_touch_bytes_raw') / mb:.0f} MB, "
+                           f"one resume {med(r, 'rank0_first_touch_bytes') / mb:.0f} MB "
+                           f"(state {np2['state_bytes'] / mb:.0f} MB)")
+
 all_met = all(m for *_, m in rows if m is not None)
 met_list = [f"- {name}: {ratio} (target {target}) — {verdict(met)}"
             for name, _, _, ratio, target, met in rows if met is not None]
@@ -220,16 +233,18 @@ What is measured:
    `PendingSave::finish` over an `MpiCommunicator`: gather to rank 0, HDF5 write, fsync + whole-file
    xxh3, sidecar, rename, directory fsyncs, `latest.json`), from a barrier until every rank has
    returned. **raw** = rank 0 writes the checkpoint file's byte count from memory in 4 MiB `write`s,
-   `fsync`, `close`. Throughput ratio = raw time / our time (same bytes).
+   `fsync`, `close`. Throughput ratio = raw time / our time (same bytes). The first save of each
+   run (the resume file) is untimed.
 2. **torch.save** of a dict with the same tensor names, shapes and dtypes (bench/torch_save_peer.py,
    a child of rank 0 kept alive between rounds), with `flush` + `os.fsync` (the fair comparison) and
    without (data left in the page cache; shown for information).
 3. Two `Trainer`s with the same model after one AdamW step, `checkpoint.async` true / false;
    `Checkpointer::save_now` then `last_stall_s()` (slowest rank). Async: the time until the training
-   thread may continue (metadata + `snapshot_for_save`); sync: the whole save. The async save's
+   thread may continue (metadata + `snapshot_for_save`); sync: the whole save (with retention: keep_last_n=1, save_top_k=1 remove the previous file). The async save's
    background part ({med(st, 'async_background_after_stall'):.3f} s median) is waited for outside the figure.
 4. Rank 0 during each **ours** save: peak RSS (VmHWM after resetting it through `/proc/self/clear_refs`,
-   cross-checked by a 1 ms RSS sampler: {mem2['extra_bytes_sampled']['median'] / mb:.0f} MB) minus VmRSS just before.
+   minus VmRSS just before; cross-checked on the untimed first save against a 1 ms RSS sampler:
+   {mem2['cross_check_hwm'] / mb:.0f} MB by VmHWM, {mem2['cross_check_sampled'] / mb:.0f} MB sampled).
 5. Every rank: `ckpt::read_checkpoint` (rank 0 verifies the whole-file checksum, as
    `Checkpointer::resume`) + `load_model_state` + `load_optimizer_state`, until every rank is done;
    peer: rank 0 reads the file sequentially in 4 MiB `read`s. Page cache dropped before each:
@@ -238,6 +253,8 @@ What is measured:
 ## Phase breakdown of a save (2 ranks, 3 repetitions, not alternated)
 
 {chr(10).join(phase_lines) if phase_lines else '(not measured)'}
+
+{chr(10).join(touch_lines)}
 
 ## Analysis
 
@@ -253,6 +270,8 @@ What is measured:
 - Two ranks on two cores: the background part of an async save competes with training for CPU
   (not in figure 3, which is the stall only).
 - The disk is whatever backs the build directory (a virtual disk here); fsync cost depends on it.
+- The page cache of the whole machine is dropped before each resume / raw read (cold reads);
+  `BENCH_DROP_CACHES=0` avoids that on a machine shared with others (reads then hit the cache).
 - Raw results: `<build>/bench-results/checkpoint/np2.json`, `np1.json` (all samples).
 """
 with open(doc_path, "w") as f:

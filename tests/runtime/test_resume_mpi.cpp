@@ -111,6 +111,22 @@ TEST(Resume, OnAnotherWorldSizeRecomputesThePosition) {
   EXPECT_EQ(r.steps, kTotalSteps);
 }
 
+TEST(Resume, OneRankCheckpointResumesOnTheWholeWorld) {
+  auto& comm = world();
+  const std::string root = test::temp_dir("one_to_many");
+  if (comm.rank() == 0) {
+    MpiCommunicator self(CommunicatorOptions{60.0}, MPI_COMM_SELF);
+    Trainer first(make_config(root, "run"), self);
+    first.stop_after_step(kStopStep);
+    first.fit();
+  }
+  comm.barrier();
+  Trainer resumed(make_config(root, "run", {"checkpoint.resume=auto"}), comm);
+  EXPECT_EQ(resumed.state().global_step, kStopStep);
+  EXPECT_EQ(resumed.checkpointer()->resume_info().resharded, comm.size() != 1);
+  EXPECT_EQ(resumed.fit().steps, kTotalSteps);
+}
+
 TEST(Resume, CorruptNewestFallsBackToThePreviousGoodOne) {
   auto& comm = world();
   const std::string root = test::temp_dir("fallback");
