@@ -154,7 +154,8 @@ std::optional<LatestPointer> read_latest(FileSystem& fs, const std::string& dir,
   LatestPointer p;
   if (!j.contains("file") || !j["file"].is_string()) return unusable("no 'file' string");
   p.file = j["file"].get<std::string>();
-  if (p.file.empty() || p.file.find('/') != std::string::npos || p.file == "." || p.file == "..")
+  if (p.file.empty() || p.file.find_first_of(std::string("/\0", 2)) != std::string::npos ||
+      p.file == "." || p.file == "..")
     return unusable(fmt::format("'file' must be a file name in the directory, got \"{}\"", p.file));
   if (!j.contains("global_step") || !j["global_step"].is_number_integer())
     return unusable("no integer 'global_step'");

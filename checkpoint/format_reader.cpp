@@ -88,12 +88,23 @@ struct FileReader::Impl {
     const int rank = DDP_H5_CHECK(H5Sget_simple_extent_ndims(space.get()), ctx);
     std::vector<hsize_t> dims(static_cast<size_t>(rank));
     DDP_H5_CHECK(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr), ctx);
+    // The dataspace is only a claim: the bytes must be in the file (the writer stores every
+    // dataset contiguously and in full), so a damaged header cannot make a reader allocate
+    // more than the file holds, nor overflow the size.
     uint64_t numel = 1;
+    bool overflow = false;
     for (hsize_t n : dims) {
       t.shape.push_back(static_cast<int64_t>(n));
-      numel *= n;
+      overflow |= __builtin_mul_overflow(numel, n, &numel);
     }
-    t.bytes = numel * dtype_size(t.dtype);
+    overflow |= __builtin_mul_overflow(numel, dtype_size(t.dtype), &t.bytes);
+    const uint64_t stored = H5Dget_storage_size(d.get());
+    if (overflow || stored != t.bytes) {
+      throw Error(ErrorKind::kCorruption,
+                  fmt::format("checkpoint '{}': {} claims shape [{}] {} but stores {} bytes",
+                              path, where, fmt::join(t.shape, ", "), dtype_name(t.dtype),
+                              stored));
+    }
     return t;
   }
 };
@@ -298,6 +309,8 @@ VerifyResult verify_file(const std::string& path) {
     result.datasets_checked += 2 * static_cast<int64_t>(reader.read_ranks(true).size());
   } catch (const Error& e) {
     result.error = e;
+  } catch (const std::exception& e) {  // e.g. std::bad_alloc: the contract is "never throws"
+    result.error = Error(ErrorKind::kInternal, fmt::format("verifying '{}': {}", path, e.what()));
   }
   return result;
 }

@@ -52,15 +52,22 @@ H5AttrHandle open_attr(hid_t loc, const char* name, const std::string& where,
   return H5AttrHandle(DDP_H5_CHECK(H5Aopen(loc, name, H5P_DEFAULT), ctx));
 }
 
-template <typename T>
-T read_scalar_attr(hid_t loc, const char* name, hid_t mem_type, const std::string& where,
-                   const H5Context& ctx) {
-  H5AttrHandle attr = open_attr(loc, name, where, ctx);
+// H5Aread writes one element per point of the attribute's dataspace: every reader passes a
+// buffer for exactly one, so a damaged file claiming more must be refused before the read.
+void require_scalar_attr(const H5AttrHandle& attr, const char* name, const std::string& where,
+                         const H5Context& ctx) {
   H5SpaceHandle space(DDP_H5_CHECK(H5Aget_space(attr.get()), ctx));
   if (DDP_H5_CHECK(H5Sget_simple_extent_npoints(space.get()), ctx) != 1) {
     throw Error(ctx.kind, fmt::format("'{}': attribute '{}' of {} is not a scalar", ctx.file,
                                       name, where));
   }
+}
+
+template <typename T>
+T read_scalar_attr(hid_t loc, const char* name, hid_t mem_type, const std::string& where,
+                   const H5Context& ctx) {
+  H5AttrHandle attr = open_attr(loc, name, where, ctx);
+  require_scalar_attr(attr, name, where, ctx);
   T value{};
   DDP_H5_CHECK(H5Aread(attr.get(), mem_type, &value), ctx);
   return value;
@@ -117,6 +124,7 @@ std::string read_string_attr(hid_t loc, const char* name, const std::string& whe
     throw Error(ctx.kind, fmt::format("'{}': attribute '{}' of {} is not a string", ctx.file,
                                       name, where));
   }
+  require_scalar_attr(attr, name, where, ctx);
   if (DDP_H5_CHECK(H5Tis_variable_str(stored.get()), ctx) > 0) {
     H5TypeHandle mem(DDP_H5_CHECK(H5Tcopy(H5T_C_S1), ctx));
     DDP_H5_CHECK(H5Tset_size(mem.get(), H5T_VARIABLE), ctx);
@@ -127,7 +135,14 @@ std::string read_string_attr(hid_t loc, const char* name, const std::string& whe
     if (ptr) DDP_H5_CHECK(H5free_memory(ptr), ctx);
     return out;
   }
+  // Attribute values live in the object header (at most 64 KiB per message); a larger size is
+  // a damaged datatype, and would be an allocation of up to 4 GiB.
+  constexpr size_t kMaxStringAttr = size_t{64} << 10;
   const size_t size = DDP_H5_CHECK(H5Tget_size(stored.get()), ctx);
+  if (size > kMaxStringAttr) {
+    throw Error(ctx.kind, fmt::format("'{}': attribute '{}' of {} claims a {}-byte string",
+                                      ctx.file, name, where, size));
+  }
   std::string out(size, '\0');
   DDP_H5_CHECK(H5Aread(attr.get(), stored.get(), out.data()), ctx);
   out.resize(out.find_last_not_of('\0') + 1);  // npos + 1 == 0 for all-NUL
@@ -169,7 +184,18 @@ std::string read_string_dataset(hid_t loc, const std::string& name, bool verify,
     throw Error(ErrorKind::kCorruption,
                 fmt::format("'{}': dataset '{}' is not a fixed-length string", ctx.file, name));
   }
+  // One string, whose bytes are in the file: H5Dread writes every point of the dataspace, and
+  // the datatype's size is only a claim until it is backed by storage.
+  H5SpaceHandle space(DDP_H5_CHECK(H5Dget_space(dset.get()), ctx));
   const size_t size = DDP_H5_CHECK(H5Tget_size(stored.get()), ctx);
+  if (DDP_H5_CHECK(H5Sget_simple_extent_npoints(space.get()), ctx) != 1 ||
+      H5Dget_storage_size(dset.get()) != size) {
+    throw Error(ErrorKind::kCorruption,
+                fmt::format("'{}': dataset '{}' is not one {}-byte string stored in the file "
+                            "({} elements, {} bytes stored)", ctx.file, name, size,
+                            H5Sget_simple_extent_npoints(space.get()),
+                            H5Dget_storage_size(dset.get())));
+  }
   std::string out(size, '\0');
   DDP_H5_CHECK(H5Dread(dset.get(), stored.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()), ctx);
   out.resize(out.find_last_not_of('\0') + 1);

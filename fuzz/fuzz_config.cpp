@@ -10,6 +10,7 @@
 //  2. No crash, no AddressSanitizer / UndefinedBehaviorSanitizer report.
 //  3. Round trip: an accepted config's resolved_yaml loads again, to the same resolved_yaml
 //     (what checkpoints store and `resume` reads back must mean the same run).
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +30,37 @@ constexpr size_t kMaxOverrides = 8;
   std::fprintf(stderr, "fuzz_config: PROPERTY VIOLATED: %s\n%s\n", what, detail.c_str());
   std::fflush(stderr);
   std::abort();
+}
+
+// Control bytes as \xNN, so that a stray '\r' is visible in the report.
+std::string escaped(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char buf[5];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// "line N: \"<a's line>\" reads back as \"<b's line>\"" for the first line that differs.
+std::string first_difference(const std::string& a, const std::string& b) {
+  size_t line = 1, start = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()) && a[i] == b[i]; ++i) {
+    if (a[i] == '\n') {
+      ++line;
+      start = i + 1;
+    }
+  }
+  auto line_at = [start](const std::string& s) {
+    return escaped(s.substr(start, s.find('\n', start) - start));
+  };
+  return "resolved_yaml line " + std::to_string(line) + ": \"" + line_at(a) +
+         "\" reads back as \"" + line_at(b) + "\"";
 }
 
 // Loads; returns false when the loader rejected the input with an allowed ddp::Error.
@@ -77,8 +109,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   if (again.resolved_yaml != first.resolved_yaml) {
-    fail("resolved_yaml does not round-trip", "--- first ---\n" + first.resolved_yaml +
-                                                  "--- reloaded ---\n" + again.resolved_yaml);
+    fail("resolved_yaml does not round-trip", first_difference(first.resolved_yaml,
+                                                               again.resolved_yaml));
   }
   return 0;
 }

@@ -84,6 +84,21 @@ void expect_kind(const char* call, const std::optional<ddp::Error>& e, ddp::Erro
   }
 }
 
+// Control bytes as \xNN, so that a NUL in a name is visible in the report.
+std::string escaped(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f) {
+      out += static_cast<char>(c);
+    } else {
+      char buf[5];
+      std::snprintf(buf, sizeof(buf), "\\x%02x", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
 bool same(const ck::FileDigest& a, const ck::FileDigest& b) {
   return a.bytes == b.bytes && a.checksum == b.checksum && a.global_step == b.global_step;
 }
@@ -138,7 +153,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (pointer->file.empty() || pointer->file.find('/') != std::string::npos ||
         pointer->file.find('\0') != std::string::npos ||
         pointer->path != ck::join_path(w.dir, pointer->file) || !fs.exists(pointer->path)) {
-      fail("read_latest accepted a pointer outside the directory: '" + pointer->file + "'");
+      fail("read_latest accepted 'file' \"" + escaped(pointer->file) +
+           "\": not a plain, existing file name in the directory");
     }
   } else if (warning.empty()) {
     fail("read_latest returned nothing without a warning although latest.json exists");

@@ -349,8 +349,13 @@ std::string format_double(double v) {
 // Strings that a YAML reader would take for something else are written quoted.
 void emit_string(YAML::Emitter& out, const std::string& s) {
   const std::string l = lower(s);
+  // Control characters too: yaml-cpp writes a trailing '\r' raw into a plain scalar, which a
+  // reader takes for a line break (the value would read back without it).
+  const bool control = std::any_of(s.begin(), s.end(), [](unsigned char c) {
+    return c < 0x20 || c == 0x7f;
+  });
   const bool ambiguous = s.empty() || l == "null" || l == "~" || parse_bool(s) || parse_double(s) ||
-                         parse_int(s) || s != trim(s);
+                         parse_int(s) || s != trim(s) || control;
   if (ambiguous) out << YAML::DoubleQuoted;
   out << s;
 }
