@@ -103,7 +103,10 @@ std::map<std::string, double> Trainer::monitored_metrics() const {
   return m;
 }
 
-Trainer::~Trainer() { StopSignal::uninstall(); }
+// The stop handlers stay installed after the Trainer is gone: a second SIGTERM that arrives
+// while the process saves and shuts down must not kill it (exit 143 instead of
+// preemption.exit_code), and the flag is harmless once training is over.
+Trainer::~Trainer() = default;
 
 void Trainer::setup() {
   const auto& tc = config_.trainer;

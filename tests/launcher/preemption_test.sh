@@ -33,7 +33,11 @@ mapfile -t pids < <(pgrep -f "^$bin/ddp-train.*trainer.name=job" | sort -n)
 (( ${#pids[@]} == np )) || { echo "FAIL: expected $np rank processes, found ${#pids[@]}"; exit 1; }
 victim=${pids[$((np - 1))]}
 kill -TERM "$victim"
-if [[ $variant == double_async ]]; then sleep 0.02; kill -TERM "$victim" 2>/dev/null || true; fi
+if [[ $variant == double_async ]]; then
+  # A second signal while the stop is agreed and saved, a third while the process shuts down.
+  sleep 0.02; kill -TERM "$victim" 2>/dev/null || true
+  sleep 0.3; kill -TERM "$victim" 2>/dev/null || true
+fi
 set +e
 wait "$job"
 rc=$?
