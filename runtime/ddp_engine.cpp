@@ -10,16 +10,6 @@
 #include "runtime/tensor_comm.h"
 
 namespace ddp {
-namespace {
-
-std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& model) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& item : model.named_parameters()) out.emplace_back(item.key(), item.value());
-  for (const auto& item : model.named_buffers()) out.emplace_back(item.key(), item.value());
-  return out;
-}
-
-}  // namespace
 
 DdpEngine::DdpEngine(std::shared_ptr<torch::nn::Module> model, Communicator& grad_comm,
                      Communicator& control, DdpOptions options)

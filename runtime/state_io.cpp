@@ -16,13 +16,6 @@
 namespace ddp {
 namespace {
 
-std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& m) {
-  std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& item : m.named_parameters()) out.emplace_back(item.key(), item.value());
-  for (const auto& item : m.named_buffers()) out.emplace_back(item.key(), item.value());
-  return out;
-}
-
 torch::ScalarType to_scalar_type(DType d) {
   switch (d) {
     case DType::kFloat32: return torch::kFloat32;

@@ -51,6 +51,13 @@ std::unique_ptr<Work> all_reduce_async(Communicator& comm, const torch::Tensor& 
                                to_dtype(tensor.scalar_type()), op);
 }
 
+std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& item : model.named_parameters()) out.emplace_back(item.key(), item.value());
+  for (const auto& item : model.named_buffers()) out.emplace_back(item.key(), item.value());
+  return out;
+}
+
 uint64_t fingerprint(const std::vector<std::pair<std::string, torch::Tensor>>& named) {
   std::string text;
   for (const auto& [name, t] : named) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <torch/nn/module.h>
 #include <torch/types.h>
 
 #include "collectives/communicator.h"
@@ -21,6 +22,10 @@ void broadcast(Communicator& comm, const torch::Tensor& tensor, int root);
 void all_reduce(Communicator& comm, const torch::Tensor& tensor, ReduceOp op);
 std::unique_ptr<Work> all_reduce_async(Communicator& comm, const torch::Tensor& tensor,
                                        ReduceOp op);
+
+// The model's parameters then buffers, by state_dict name: the state every rank must agree on
+// (DdpEngine) and the state a checkpoint holds (state_io).
+std::vector<std::pair<std::string, torch::Tensor>> named_state(const torch::nn::Module& model);
 
 // 64-bit hash (xxh3) of the tensors' names, shapes and dtypes, in order.
 uint64_t fingerprint(const std::vector<std::pair<std::string, torch::Tensor>>& named);
