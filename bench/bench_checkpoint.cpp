@@ -450,6 +450,11 @@ SaveSample ours_save(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::str
   req.final_path = path;
   req.update_latest = true;
   req.chunk_bytes = chunk_bytes;
+  // As Checkpointer does for a synchronous save: rank 0 writes from the tensors, and the
+  // snapshot storage of the other ranks is kept between saves.
+  static auto buffer = std::make_shared<ddp::ckpt::SnapshotBuffer>();
+  req.zero_copy = true;
+  req.buffer = buffer;
   auto pending = ddp::ckpt::snapshot_for_save(comm, std::move(req));
   const double t1 = now_s();
   const auto result = pending->finish(comm, ddp::ckpt::default_file_system());

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <numeric>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -22,84 +25,312 @@ double now_s() {
       .count();
 }
 
+// A rank's share travels as records back to back, in host byte order (both ends are ranks of
+// one job, built from one binary):
+//   record  = kind:u8  header_len:u32  header  payload_len:u64  payload
+//   tensor  : header = path_len:u64 path  dtype:u8  ndim:u32  dims:i64[ndim]  checksum:u64
+//             payload = the tensor's bytes (row-major); checksum 0 = not computed
+//   rank    : header empty; payload = rank:i64 sampler_epoch:i64 sampler_index:i64
+//             cpu_rng_len:u64 cpu_rng  cuda_rng_len:u64 cuda_rng
+// Only the tensor payload is large; it streams into the file in whatever pieces arrive.
 enum RecordKind : uint8_t { kTensorRecord = 0, kRankRecord = 1 };
+constexpr size_t kPrefixBytes = 1 + 4;
+constexpr uint32_t kMaxHeaderBytes = 1u << 20;  // a path and a shape: far less in practice
+constexpr uint64_t kMaxRankPayload = 1u << 30;
 
-template <typename T>
-void put(std::vector<uint8_t>& out, const T& v) {
-  const auto* p = reinterpret_cast<const uint8_t*>(&v);
-  out.insert(out.end(), p, p + sizeof(T));
+size_t tensor_header_bytes(const TensorSource& t) {
+  return 8 + t.path.size() + 1 + 4 + 8 * t.shape.size() + 8;
 }
 
-void put_bytes(std::vector<uint8_t>& out, const void* data, size_t n) {
-  put<uint64_t>(out, n);
-  const auto* p = static_cast<const uint8_t*>(data);
-  out.insert(out.end(), p, p + n);
+size_t rank_payload_bytes(const RankState& r) {
+  return 3 * 8 + 8 + r.cpu_rng.size() + 8 + r.cuda_rng.size();
 }
 
-// Reads records from a byte stream that may arrive in pieces.
-class RecordParser {
+// Writes into preallocated memory.
+class Cursor {
  public:
-  void append(const std::vector<uint8_t>& bytes) {
-    buf_.insert(buf_.end(), bytes.begin(), bytes.end());
+  explicit Cursor(uint8_t* base) : base_(base) {}
+  template <typename T>
+  void put(const T& v) {
+    std::memcpy(base_ + pos_, &v, sizeof(T));
+    pos_ += sizeof(T);
   }
-  // Parses every complete record at the front; calls on_tensor / on_rank for each.
-  template <typename OnTensor, typename OnRank>
-  void drain(OnTensor on_tensor, OnRank on_rank) {
-    size_t pos = 0;
-    for (;;) {
-      size_t p = pos;
-      uint8_t kind;
-      if (!get(p, kind)) break;
-      if (kind == kTensorRecord) {
-        TensorEntry t;
-        uint8_t dtype;
-        uint32_t ndim;
-        std::vector<uint8_t> path;
-        if (!get_bytes(p, path) || !get(p, dtype) || !get(p, ndim)) break;
-        t.shape.resize(ndim);
-        bool ok = true;
-        for (auto& d : t.shape) ok = ok && get(p, d);
-        if (!ok || !get(p, t.checksum) || !get_bytes(p, t.data)) break;
-        t.path.assign(path.begin(), path.end());
-        t.dtype = static_cast<DType>(dtype);
-        pos = p;
-        on_tensor(t);
-      } else if (kind == kRankRecord) {
-        RankState r;
-        if (!get(p, r.rank) || !get(p, r.sampler_epoch) || !get(p, r.sampler_index) ||
-            !get_bytes(p, r.cpu_rng) || !get_bytes(p, r.cuda_rng))
-          break;
-        pos = p;
-        on_rank(r);
-      } else {
-        throw Error(ErrorKind::kInternal, "checkpoint gather: corrupt record stream");
-      }
-    }
-    buf_.erase(buf_.begin(), buf_.begin() + static_cast<std::ptrdiff_t>(pos));
+  void put_raw(const void* data, size_t n) {
+    if (n) std::memcpy(base_ + pos_, data, n);
+    pos_ += n;
   }
-  bool empty() const { return buf_.empty(); }
+  size_t pos() const { return pos_; }
+  void skip(size_t n) { pos_ += n; }
 
  private:
+  uint8_t* base_;
+  size_t pos_ = 0;
+};
+
+// Reads one header or rank payload (complete, in memory).
+class Reader {
+ public:
+  Reader(const uint8_t* p, size_t n, const char* what) : p_(p), n_(n), what_(what) {}
   template <typename T>
-  bool get(size_t& p, T& v) const {
-    if (buf_.size() - p < sizeof(T)) return false;
-    std::memcpy(&v, buf_.data() + p, sizeof(T));
-    p += sizeof(T);
-    return true;
+  T get() {
+    T v;
+    need(sizeof(T));
+    std::memcpy(&v, p_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
   }
-  bool get_bytes(size_t& p, std::vector<uint8_t>& out) const {
-    uint64_t n;
-    size_t q = p;
-    if (!get(q, n) || buf_.size() - q < n) return false;
-    out.assign(buf_.begin() + static_cast<std::ptrdiff_t>(q),
-               buf_.begin() + static_cast<std::ptrdiff_t>(q + n));
-    p = q + n;
-    return true;
+  std::vector<uint8_t> get_bytes() {
+    const auto len = get<uint64_t>();
+    need(len);
+    std::vector<uint8_t> out(p_ + pos_, p_ + pos_ + len);
+    pos_ += static_cast<size_t>(len);
+    return out;
   }
-  std::vector<uint8_t> buf_;
+  void expect_end() const {
+    if (pos_ != n_) corrupt("trailing bytes");
+  }
+
+ private:
+  void need(uint64_t k) const {
+    if (n_ - pos_ < k) corrupt("truncated");
+  }
+  [[noreturn]] void corrupt(const char* why) const {
+    throw Error(ErrorKind::kInternal,
+                fmt::format("checkpoint gather: corrupt {} record ({})", what_, why));
+  }
+  const uint8_t* p_;
+  size_t n_;
+  size_t pos_ = 0;
+  const char* what_;
+};
+
+// Parses one rank's record stream, fed in pieces split anywhere, into a FileWriter. Tensor
+// payloads go to the writer straight from the caller's memory; only headers and rank records
+// (small) are accumulated.
+class RecordStream {
+ public:
+  RecordStream(FileWriter* writer, bool weights_only, int source_rank)
+      : writer_(writer), weights_only_(weights_only), source_rank_(source_rank) {}
+
+  void feed(const uint8_t* p, size_t n) {
+    while (n > 0) {
+      if (state_ == kPayload) {
+        const size_t take = static_cast<size_t>(std::min<uint64_t>(n, payload_left_));
+        writer_->append_tensor_data(p, take);
+        p += take;
+        n -= take;
+        payload_left_ -= take;
+        if (payload_left_ == 0) end_tensor();
+        continue;
+      }
+      const size_t take = std::min(n, want_ - pending_.size());
+      pending_.insert(pending_.end(), p, p + take);
+      p += take;
+      n -= take;
+      if (pending_.size() == want_) advance();
+    }
+  }
+
+  // REQUIRES: the whole stream was fed. Throws if it stopped inside a record.
+  void check_complete() const {
+    if (state_ != kPrefix || !pending_.empty()) {
+      throw Error(ErrorKind::kInternal,
+                  fmt::format("checkpoint gather: rank {}'s share ended inside a record",
+                              source_rank_));
+    }
+  }
+
+ private:
+  enum State { kPrefix, kHeader, kPayload, kRankPayload };
+
+  void advance() {
+    switch (state_) {
+      case kPrefix: {
+        std::memcpy(&kind_, pending_.data(), 1);
+        uint32_t header_len;
+        std::memcpy(&header_len, pending_.data() + 1, 4);
+        if ((kind_ != kTensorRecord && kind_ != kRankRecord) || header_len > kMaxHeaderBytes) {
+          throw Error(ErrorKind::kInternal,
+                      fmt::format("checkpoint gather: corrupt record stream from rank {}",
+                                  source_rank_));
+        }
+        start(kHeader, size_t{header_len} + 8);
+        break;
+      }
+      case kHeader: {
+        uint64_t payload;
+        std::memcpy(&payload, pending_.data() + pending_.size() - 8, 8);
+        if (kind_ == kTensorRecord) {
+          begin_tensor(payload);
+        } else {
+          if (payload > kMaxRankPayload) {
+            throw Error(ErrorKind::kInternal, "checkpoint gather: corrupt rank record");
+          }
+          start(kRankPayload, static_cast<size_t>(payload));
+          if (want_ == 0) advance();
+        }
+        break;
+      }
+      case kRankPayload: {
+        Reader in(pending_.data(), pending_.size(), "rank");
+        RankState r;
+        r.rank = in.get<int64_t>();
+        r.sampler_epoch = in.get<int64_t>();
+        r.sampler_index = in.get<int64_t>();
+        r.cpu_rng = in.get_bytes();
+        r.cuda_rng = in.get_bytes();
+        in.expect_end();
+        if (!weights_only_) writer_->add_rank_state(r);
+        start(kPrefix, kPrefixBytes);
+        break;
+      }
+      case kPayload:
+        break;
+    }
+  }
+
+  void begin_tensor(uint64_t payload) {
+    Reader in(pending_.data(), pending_.size() - 8, "tensor");
+    const std::vector<uint8_t> path = in.get_bytes();
+    const auto dtype = in.get<uint8_t>();
+    const auto ndim = in.get<uint32_t>();
+    std::vector<int64_t> shape;
+    for (uint32_t i = 0; i < ndim; ++i) shape.push_back(in.get<int64_t>());
+    const auto checksum = in.get<uint64_t>();
+    in.expect_end();
+    writer_->begin_tensor(std::string(path.begin(), path.end()), static_cast<DType>(dtype),
+                          shape, checksum);
+    payload_left_ = payload;
+    pending_.clear();
+    state_ = kPayload;
+    want_ = 0;
+    if (payload_left_ == 0) end_tensor();
+  }
+
+  void end_tensor() {
+    writer_->end_tensor();
+    start(kPrefix, kPrefixBytes);
+  }
+
+  void start(State s, size_t want) {
+    state_ = s;
+    want_ = want;
+    pending_.clear();
+  }
+
+  FileWriter* writer_;
+  bool weights_only_;
+  int source_rank_;
+  State state_ = kPrefix;
+  size_t want_ = kPrefixBytes;
+  std::vector<uint8_t> pending_;
+  uint8_t kind_ = 0;
+  uint64_t payload_left_ = 0;
+};
+
+// Rank 0's writer thread: creates the file, writes rank 0's own share, then every received
+// round in order (each holds a piece of one rank's share), then closes the file. The
+// gathering thread fills two GatherBuffers in turn;
+// round k's buffer is reused for round k + 2 only after the writer is done with it.
+// Every HDF5 call of the save happens on this thread. After a failure the thread stops
+// writing but keeps releasing buffers, so the gathering thread never blocks on it.
+class RootWriter {
+ public:
+  using Segments = std::vector<std::pair<const uint8_t*, size_t>>;
+
+  RootWriter(std::string tmp, const CheckpointMeta& meta, Segments own, int world)
+      : tmp_(std::move(tmp)), meta_(meta), own_(std::move(own)), world_(world) {
+    thread_ = std::thread([this] { run(); });
+  }
+  ~RootWriter() { stop(); }
+
+  // The buffer to receive round k into; waits until the writer has released it.
+  GatherBuffer* acquire(int64_t k) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return done_ || k - consumed_ < 2; });
+    return &buffers_[k % 2];
+  }
+  // Round k is in its buffer.
+  void filled(int64_t k) {
+    std::lock_guard<std::mutex> lock(mu_);
+    filled_ = k + 1;
+    cv_.notify_all();
+  }
+  // No more rounds: waits for the writer to close the file. Returns its failure, if any.
+  std::exception_ptr finish() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      end_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+    return failure_;
+  }
+
+ private:
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      abort_ = true;
+      cv_.notify_all();
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void run() {
+    try {
+      FileWriter writer(tmp_, meta_);
+      RecordStream own(&writer, meta_.weights_only, 0);
+      for (const auto& [p, n] : own_) own.feed(p, n);
+      own.check_complete();
+      std::vector<RecordStream> remote;
+      for (int r = 0; r < world_; ++r) remote.emplace_back(&writer, meta_.weights_only, r);
+      for (int64_t k = 0;; ++k) {
+        {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [&] { return abort_ || filled_ > k || end_; });
+          if (abort_) return;
+          if (filled_ <= k) break;  // end_ and every round written
+        }
+        const GatherBuffer& b = buffers_[k % 2];
+        for (int r = 1; r < world_; ++r) remote[r].feed(b.of(r), b.size[static_cast<size_t>(r)]);
+        std::lock_guard<std::mutex> lock(mu_);
+        consumed_ = k + 1;
+        cv_.notify_all();
+      }
+      for (int r = 1; r < world_; ++r) remote[r].check_complete();
+      writer.close();
+    } catch (...) {
+      failure_ = std::current_exception();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    cv_.notify_all();
+  }
+
+  const std::string tmp_;
+  const CheckpointMeta& meta_;
+  const Segments own_;
+  const int world_;
+  GatherBuffer buffers_[2];
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t filled_ = 0, consumed_ = 0;  // rounds received / written
+  bool end_ = false, abort_ = false, done_ = false;
+  std::exception_ptr failure_;
+  std::thread thread_;
 };
 
 }  // namespace
+
+uint8_t* SnapshotBuffer::reserve(size_t bytes) {
+  if (bytes > capacity_) {
+    data_.reset();  // never hold the old and the new storage together
+    data_.reset(new uint8_t[bytes]);
+    capacity_ = bytes;
+  }
+  return data_.get();
+}
 
 std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int world_size) {
   // Largest first onto the least-loaded rank; ties by index, so every rank agrees.
@@ -121,39 +352,74 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
   const double t0 = now_s();
   auto pending = std::unique_ptr<PendingSave>(new PendingSave());
   const auto owner = assign_shares(request.tensors, comm.size());
+  const bool root = comm.rank() == 0;
+  auto in_place = [&](const TensorSource& t) {
+    return root && request.zero_copy && t.host_data != nullptr;
+  };
+
   size_t total = 0;
   for (size_t i = 0; i < request.tensors.size(); ++i) {
-    if (owner[i] == comm.rank()) total += request.tensors[i].bytes + request.tensors[i].path.size() + 64;
+    if (owner[i] != comm.rank()) continue;
+    const TensorSource& t = request.tensors[i];
+    total += kPrefixBytes + tensor_header_bytes(t) + 8 + (in_place(t) ? 0 : t.bytes);
   }
-  auto& out = pending->stream_;
-  out.reserve(total + request.rank_state.cpu_rng.size() + request.rank_state.cuda_rng.size() + 64);
+  const RankState& rs = request.rank_state;
+  total += kPrefixBytes + 8 + rank_payload_bytes(rs);
+
+  auto buffer = request.buffer ? request.buffer : std::make_shared<SnapshotBuffer>();
+  uint8_t* base = buffer->reserve(total);
+  Cursor out(base);
+  size_t segment_start = 0;
+  auto& stream = pending->stream_;
   for (size_t i = 0; i < request.tensors.size(); ++i) {
     if (owner[i] != comm.rank()) continue;
     const TensorSource& src = request.tensors[i];
-    put<uint8_t>(out, kTensorRecord);
-    put_bytes(out, src.path.data(), src.path.size());
-    put<uint8_t>(out, static_cast<uint8_t>(src.dtype));
-    put<uint32_t>(out, static_cast<uint32_t>(src.shape.size()));
-    for (int64_t d : src.shape) put<int64_t>(out, d);
-    const size_t checksum_at = out.size();
-    put<uint64_t>(out, 0);
-    put<uint64_t>(out, src.bytes);
-    const size_t data_at = out.size();
-    out.resize(data_at + src.bytes);
-    if (src.bytes) src.copy_to(out.data() + data_at);
-    const uint64_t sum = checksum_bytes(out.data() + data_at, src.bytes);
-    std::memcpy(out.data() + checksum_at, &sum, sizeof(sum));
+    out.put<uint8_t>(kTensorRecord);
+    out.put<uint32_t>(static_cast<uint32_t>(tensor_header_bytes(src)));
+    out.put<uint64_t>(src.path.size());
+    out.put_raw(src.path.data(), src.path.size());
+    out.put<uint8_t>(static_cast<uint8_t>(src.dtype));
+    out.put<uint32_t>(static_cast<uint32_t>(src.shape.size()));
+    for (int64_t d : src.shape) out.put<int64_t>(d);
+    const size_t slot = out.pos();
+    out.put<uint64_t>(0);
+    out.put<uint64_t>(src.bytes);
+    if (in_place(src)) {
+      stream.push_back({base + segment_start, out.pos() - segment_start});
+      if (src.bytes) stream.push_back({static_cast<const uint8_t*>(src.host_data), src.bytes});
+      segment_start = out.pos();
+    } else {
+      if (src.bytes) src.copy_to(base + out.pos());
+      pending->checksums_.push_back({slot, out.pos(), src.bytes});
+      out.skip(src.bytes);
+    }
   }
-  const RankState& rs = request.rank_state;
-  put<uint8_t>(out, kRankRecord);
-  put<int64_t>(out, rs.rank);
-  put<int64_t>(out, rs.sampler_epoch);
-  put<int64_t>(out, rs.sampler_index);
-  put_bytes(out, rs.cpu_rng.data(), rs.cpu_rng.size());
-  put_bytes(out, rs.cuda_rng.data(), rs.cuda_rng.size());
-  // The sources reference live tensors; the pending save must not touch them again.
+  out.put<uint8_t>(kRankRecord);
+  out.put<uint32_t>(0);
+  out.put<uint64_t>(rank_payload_bytes(rs));
+  out.put<int64_t>(rs.rank);
+  out.put<int64_t>(rs.sampler_epoch);
+  out.put<int64_t>(rs.sampler_index);
+  out.put<uint64_t>(rs.cpu_rng.size());
+  out.put_raw(rs.cpu_rng.data(), rs.cpu_rng.size());
+  out.put<uint64_t>(rs.cuda_rng.size());
+  out.put_raw(rs.cuda_rng.data(), rs.cuda_rng.size());
+  stream.push_back({base + segment_start, out.pos() - segment_start});
+  if (out.pos() != total) {
+    throw Error(ErrorKind::kInternal,
+                fmt::format("snapshot_for_save: wrote {} bytes, sized {}", out.pos(), total));
+  }
+
+  // The sources reference live tensors; the pending save must not touch them again, except
+  // through host_data under zero_copy: those sources stay alive until finish() is done (their
+  // copy_to may own the memory host_data points into, e.g. a tensor made for the save).
+  if (!stream.empty() && root && request.zero_copy) pending->keep_alive_ = std::move(request.tensors);
   request.tensors.clear();
+  request.buffer.reset();
   pending->request_ = std::move(request);
+  pending->buffer_ = std::move(buffer);
+  pending->base_ = base;
+  pending->stream_bytes_ = total;
   pending->snapshot_s_ = now_s() - t0;
   return pending;
 }
@@ -166,61 +432,55 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
   const bool root = comm.rank() == 0;
   const size_t chunk = std::max<size_t>(request_.chunk_bytes, 1);
 
-  std::vector<int64_t> sizes(static_cast<size_t>(world));
-  const int64_t mine = static_cast<int64_t>(stream_.size());
-  comm.all_gather(&mine, sizes.data(), 1, DType::kInt64);
-  int64_t rounds = 0;
-  for (int r = 1; r < world; ++r) {
-    rounds = std::max<int64_t>(rounds, (sizes[r] + static_cast<int64_t>(chunk) - 1) /
-                                           static_cast<int64_t>(chunk));
-  }
-
-  // Rank 0 keeps taking part in every round even after a local failure, so that the
-  // collective sequence stays the same on all ranks; the failure is agreed on at the end.
+  // Rank 0 starts writing its own share at once, before waiting for anyone.
   std::exception_ptr failure;
-  std::unique_ptr<FileWriter> writer;
+  std::unique_ptr<RootWriter> writer;
   const std::string tmp = root ? temp_path_for(request_.final_path) : std::string();
-  auto on_tensor = [&](const TensorEntry& t) {
-    if (!failure) writer->add_tensor(t);
-  };
-  auto on_rank = [&](const RankState& r) {
-    if (!failure && !request_.meta.weights_only) writer->add_rank_state(r);
-  };
   if (root) {
-    try {
-      writer = std::make_unique<FileWriter>(tmp, request_.meta);
-      RecordParser own;
-      own.append(stream_);
-      own.drain(on_tensor, on_rank);
-      std::vector<uint8_t>().swap(stream_);
-    } catch (...) {
-      failure = std::current_exception();
+    RootWriter::Segments own;
+    for (const Segment& s : stream_) own.emplace_back(s.data, s.bytes);
+    writer = std::make_unique<RootWriter>(tmp, request_.meta, std::move(own), world);
+  } else {
+    // Checksums here, not in the snapshot: off the training thread for an async save.
+    for (const ChecksumSlot& c : checksums_) {
+      const uint64_t sum = checksum_bytes(base_ + c.data, c.bytes);
+      std::memcpy(base_ + c.slot, &sum, sizeof(sum));
     }
   }
-  std::vector<RecordParser> parsers(root ? static_cast<size_t>(world) : 0);
-  for (int64_t k = 0; k < rounds; ++k) {
-    const size_t offset = static_cast<size_t>(k) * chunk;
-    const size_t n = offset < stream_.size() ? std::min(chunk, stream_.size() - offset) : 0;
-    auto got = comm.gather_bytes(root ? nullptr : stream_.data() + offset, root ? 0 : n, 0);
-    if (!root) continue;
-    for (int r = 1; r < world; ++r) {
-      if (failure) break;
-      try {
-        parsers[r].append(got[static_cast<size_t>(r)]);
-        std::vector<uint8_t>().swap(got[static_cast<size_t>(r)]);
-        parsers[r].drain(on_tensor, on_rank);
-      } catch (...) {
-        failure = std::current_exception();
+
+  std::vector<int64_t> sizes(static_cast<size_t>(world));
+  const auto mine = static_cast<int64_t>(root ? 0 : stream_bytes_);
+  comm.all_gather(&mine, sizes.data(), 1, DType::kInt64);
+  // One sender per round: rank 1's whole share, then rank 2's, ... so that the file is
+  // written one tensor at a time and rank 0 receives one chunk per round (not one per rank).
+  // Ranks other than 0 hold their share in one segment (zero_copy applies to rank 0 only).
+  // Rank 0 keeps taking part in every round even after a local failure, so that the
+  // collective sequence stays the same on all ranks; the failure is agreed on at the end.
+  int64_t k = 0;
+  for (int sender = 1; sender < world; ++sender) {
+    for (size_t offset = 0; offset < static_cast<size_t>(sizes[sender]); offset += chunk, ++k) {
+      if (root) {
+        GatherBuffer* buf = writer->acquire(k);
+        comm.gather_bytes_into(nullptr, 0, 0, buf);
+        writer->filled(k);
+      } else {
+        const bool mine = sender == comm.rank();
+        const size_t n = mine ? std::min(chunk, stream_bytes_ - offset) : 0;
+        comm.gather_bytes_into(mine ? base_ + offset : nullptr, n, 0, nullptr);
       }
     }
   }
-  std::vector<uint8_t>().swap(stream_);
+  if (root) {
+    failure = writer->finish();
+    writer.reset();
+  }
+  stream_.clear();
+  keep_alive_.clear();
+  buffer_.reset();  // the caller's SnapshotBuffer stays allocated for the next save
 
   SaveResult result;
   if (root && !failure) {
     try {
-      writer->close();
-      writer.reset();
       const CommitInfo info = commit_checkpoint(fs, tmp, request_.final_path,
                                                 request_.meta.global_step,
                                                 request_.update_latest);
@@ -230,7 +490,6 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
     }
   }
   if (root && failure) {
-    writer.reset();
     try {
       if (fs.exists(tmp)) fs.remove(tmp);
     } catch (...) {

@@ -2,18 +2,26 @@
 //
 // 1. Snapshot (every rank, in parallel): the replicated tensors are split into W shares of
 //    about equal bytes by a deterministic assignment that every rank computes alike; each
-//    rank copies only its share to host memory, checksums it, and adds its own RankState.
-//    This is the only phase the training loop must wait for.
+//    rank copies only its share to host memory (a SnapshotBuffer the caller keeps between
+//    saves, so the copy runs at memory speed) and adds its own RankState. This is the only
+//    phase the training loop must wait for. With `zero_copy` (a synchronous save) rank 0 does
+//    not copy its share at all: it writes straight from the tensors' host memory.
 // 2. Gather: shares travel to rank 0 through the Communicator in rounds of at most
-//    chunk_bytes per rank, so rank 0 holds its own share plus one chunk per rank (and at
-//    most one partly received tensor per rank) at a time, never a second copy of the model.
-// 3. Write + commit (rank 0): each completed tensor goes straight to the HDF5 file under a
-//    temporary name; then the atomic commit (checkpoint/commit.h).
+//    chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into two
+//    reused receive buffers, so rank 0 holds its own snapshot plus two chunks at a time,
+//    never a second copy of the model.
+// 3. Write + commit (rank 0): a writer thread streams rank 0's share, then each received
+//    round, into the HDF5 file under a temporary name while the next round is received
+//    (transfer and write overlap); then the atomic commit (checkpoint/commit.h).
 // 4. Agreement: rank 0's outcome (success, or the error with its kind and message) is
 //    broadcast, so every rank returns or throws the same thing at the same point.
 //
+// Integrity: every rank but 0 checksums its share (xxh3 per tensor) before sending; rank 0's
+// writer verifies each received tensor against it and stores the checksum with the dataset.
+//
 // Thread-safety: a PendingSave may be finished on another thread than the one that
-// snapshotted it, provided its communicator is used by no other thread meanwhile.
+// snapshotted it, provided its communicator is used by no other thread meanwhile. All HDF5
+// calls of one save happen on its writer thread.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +45,23 @@ struct TensorSource {
   size_t bytes = 0;
   // Copies the tensor's bytes (row-major) into dst (host memory, `bytes` long).
   std::function<void(void* dst)> copy_to;
+  // Non-null when the same bytes are readable in place (host memory, row-major): used by a
+  // zero_copy save instead of copy_to.
+  const void* host_data = nullptr;
+};
+
+// Host memory for one rank's snapshot. Kept by the caller between saves: a fresh allocation
+// every save costs a page fault and a kernel zero-fill per page (slower than the copy itself).
+// Thread-safety: used by one save at a time (at most one save is in flight).
+class SnapshotBuffer {
+ public:
+  // Room for `bytes`, uninitialised; keeps the old storage when it is large enough.
+  uint8_t* reserve(size_t bytes);
+  size_t capacity() const { return capacity_; }
+
+ private:
+  std::unique_ptr<uint8_t[]> data_;
+  size_t capacity_ = 0;
 };
 
 struct SaveRequest {
@@ -46,6 +71,12 @@ struct SaveRequest {
   std::string final_path;              // where the committed file will live (rank 0)
   bool update_latest = true;
   size_t chunk_bytes = 64u << 20;      // gather round size per rank
+  // Rank 0 writes its share from TensorSource::host_data (where set) instead of a snapshot.
+  // REQUIRES when true: those tensors stay unchanged until finish() returns (the caller waits
+  // for the save: a synchronous save).
+  bool zero_copy = false;
+  // Reused snapshot storage (null: a fresh one for this save).
+  std::shared_ptr<SnapshotBuffer> buffer;
 };
 
 struct SaveResult {
@@ -66,8 +97,20 @@ class PendingSave {
 
  private:
   friend std::unique_ptr<PendingSave> snapshot_for_save(Communicator&, SaveRequest);
+  struct Segment {  // a piece of this rank's record stream
+    const uint8_t* data;
+    size_t bytes;
+  };
+  struct ChecksumSlot {  // where a tensor record's checksum goes, and what it covers
+    size_t slot, data, bytes;  // offsets into the snapshot buffer; bytes
+  };
   SaveRequest request_;
-  std::vector<uint8_t> stream_;  // this rank's serialised share (records back to back)
+  std::shared_ptr<SnapshotBuffer> buffer_;
+  std::vector<Segment> stream_;            // records back to back (see sharded_save.cpp)
+  std::vector<ChecksumSlot> checksums_;    // filled by finish() on ranks other than 0
+  std::vector<TensorSource> keep_alive_;   // zero_copy: owners of the memory stream_ points to
+  uint8_t* base_ = nullptr;                // buffer_'s storage
+  size_t stream_bytes_ = 0;
   double snapshot_s_ = 0;
 };
 

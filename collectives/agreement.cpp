@@ -9,14 +9,6 @@
 
 namespace ddp {
 
-std::string broadcast_string(Communicator& comm, const std::string& value, int root) {
-  int64_t len = comm.rank() == root ? static_cast<int64_t>(value.size()) : 0;
-  comm.broadcast(&len, 1, DType::kInt64, root);
-  std::string out = comm.rank() == root ? value : std::string(static_cast<size_t>(len), '\0');
-  if (len > 0) comm.broadcast(out.data(), static_cast<size_t>(len), DType::kUInt8, root);
-  return out;
-}
-
 void run_agreed(Communicator& comm, const std::string& phase, const std::function<void()>& fn) {
   ErrorKind kind = ErrorKind::kInternal;
   std::string message;

@@ -41,6 +41,25 @@ class Work {
   virtual void wait() = 0;
 };
 
+// Receive side of Communicator::gather_bytes_into. Rank r's bytes are
+// [data() + offset[r], data() + offset[r] + size[r]).
+// Thread-safety: none; one user at a time.
+class GatherBuffer {
+ public:
+  // Makes room for `bytes` without initialising it; keeps the old storage when it is enough.
+  uint8_t* reserve(size_t bytes);
+  uint8_t* data() { return data_.get(); }
+  const uint8_t* data() const { return data_.get(); }
+  const uint8_t* of(int rank) const { return data_.get() + offset[static_cast<size_t>(rank)]; }
+  size_t capacity() const { return capacity_; }
+
+  std::vector<size_t> offset, size;
+
+ private:
+  std::unique_ptr<uint8_t[]> data_;
+  size_t capacity_ = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -60,10 +79,13 @@ class Communicator {
                                                  ReduceOp op) = 0;
   // recv holds size() * count elements, rank r's contribution at offset r * count.
   virtual void all_gather(const void* send, void* recv, size_t count, DType dtype) = 0;
-  // Gathers a variable number of bytes from every rank to `root`. At root the result has
-  // size() entries (rank order); elsewhere it is empty. Host memory only.
-  virtual std::vector<std::vector<uint8_t>> gather_bytes(const void* data, size_t bytes,
-                                                         int root) = 0;
+  // Gathers a variable number of bytes from every rank to `root` into `out` (used at root
+  // only; may be null elsewhere). Host memory only. A GatherBuffer reused across calls
+  // allocates only when a round is larger than every earlier one (no zero-fill, no copies
+  // beyond the transport's).
+  virtual void gather_bytes_into(const void* data, size_t bytes, int root, GatherBuffer* out) = 0;
+  // The same into fresh vectors: at root size() entries (rank order); elsewhere empty.
+  std::vector<std::vector<uint8_t>> gather_bytes(const void* data, size_t bytes, int root);
   // Ends every process of the job with `exit_code`. Used when one rank cannot continue and
   // the others may be blocked in a collective.
   [[noreturn]] virtual void abort(int exit_code) = 0;

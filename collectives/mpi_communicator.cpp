@@ -266,36 +266,36 @@ void MpiCommunicator::all_gather(const void* send, void* recv, size_t count, DTy
                               mpi_type(dtype), comm_));
 }
 
-std::vector<std::vector<uint8_t>> MpiCommunicator::gather_bytes(const void* data, size_t bytes,
-                                                                int root) {
+void MpiCommunicator::gather_bytes_into(const void* data, size_t bytes, int root,
+                                        GatherBuffer* out) {
   Watchdog::Scope guard(*watchdog_, "MPI_Gatherv");
+  const bool at_root = rank_ == root;
+  if (at_root && out == nullptr) {
+    throw Error(ErrorKind::kInvalidArgument, "gather_bytes_into: null output buffer at root");
+  }
   int64_t mine = static_cast<int64_t>(bytes);
-  std::vector<int64_t> sizes(rank_ == root ? size_ : 0);
+  std::vector<int64_t> sizes(at_root ? size_ : 0);
   DDP_MPI_CHECK(MPI_Gather(&mine, 1, MPI_INT64_T, sizes.data(), 1, MPI_INT64_T, root, comm_));
   std::vector<int> counts, displs;
-  std::vector<uint8_t> flat;
-  if (rank_ == root) {
+  uint8_t* recv = nullptr;
+  if (at_root) {
     counts.resize(size_);
     displs.resize(size_);
-    int64_t total = 0;
+    out->offset.assign(size_, 0);
+    out->size.assign(size_, 0);
+    size_t total = 0;
     for (int r = 0; r < size_; ++r) {
-      displs[r] = checked_int(static_cast<size_t>(total), "MPI_Gatherv");
+      displs[r] = checked_int(total, "MPI_Gatherv");
       counts[r] = checked_int(static_cast<size_t>(sizes[r]), "MPI_Gatherv");
-      total += sizes[r];
+      out->offset[r] = total;
+      out->size[r] = static_cast<size_t>(sizes[r]);
+      total += static_cast<size_t>(sizes[r]);
     }
-    checked_int(static_cast<size_t>(total), "MPI_Gatherv");
-    flat.resize(static_cast<size_t>(total));
+    checked_int(total, "MPI_Gatherv");
+    recv = out->reserve(total);
   }
-  DDP_MPI_CHECK(MPI_Gatherv(data, static_cast<int>(bytes), MPI_BYTE, flat.data(), counts.data(),
-                            displs.data(), MPI_BYTE, root, comm_));
-  std::vector<std::vector<uint8_t>> out;
-  if (rank_ == root) {
-    out.resize(size_);
-    for (int r = 0; r < size_; ++r) {
-      out[r].assign(flat.begin() + displs[r], flat.begin() + displs[r] + counts[r]);
-    }
-  }
-  return out;
+  DDP_MPI_CHECK(MPI_Gatherv(data, checked_int(bytes, "MPI_Gatherv"), MPI_BYTE, recv,
+                            counts.data(), displs.data(), MPI_BYTE, root, comm_));
 }
 
 void MpiCommunicator::abort(int exit_code) {

@@ -52,8 +52,7 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Work> all_reduce_async(void* data, size_t count, DType dtype,
                                          ReduceOp op) override;
   void all_gather(const void* send, void* recv, size_t count, DType dtype) override;
-  std::vector<std::vector<uint8_t>> gather_bytes(const void* data, size_t bytes,
-                                                 int root) override;
+  void gather_bytes_into(const void* data, size_t bytes, int root, GatherBuffer* out) override;
   [[noreturn]] void abort(int exit_code) override;
 
   MPI_Comm mpi_comm() const { return comm_; }

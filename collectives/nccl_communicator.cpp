@@ -188,9 +188,9 @@ void NcclCommunicator::all_gather(const void* send, void* recv, size_t count, DT
   finish_blocking(done, "ncclAllGather");
 }
 
-std::vector<std::vector<uint8_t>> NcclCommunicator::gather_bytes(const void* data, size_t bytes,
-                                                                 int root) {
-  return bootstrap_.gather_bytes(data, bytes, root);
+void NcclCommunicator::gather_bytes_into(const void* data, size_t bytes, int root,
+                                         GatherBuffer* out) {
+  bootstrap_.gather_bytes_into(data, bytes, root, out);
 }
 
 void NcclCommunicator::abort(int exit_code) {

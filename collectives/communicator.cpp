@@ -1,0 +1,37 @@
+#include "collectives/communicator.h"
+
+#include <cstring>
+
+namespace ddp {
+
+uint8_t* GatherBuffer::reserve(size_t bytes) {
+  if (bytes > capacity_) {
+    data_.reset();  // free first: never hold the old and the new storage together
+    data_.reset(new uint8_t[bytes]);
+    capacity_ = bytes;
+  }
+  return data_.get();
+}
+
+std::vector<std::vector<uint8_t>> Communicator::gather_bytes(const void* data, size_t bytes,
+                                                             int root) {
+  GatherBuffer buf;
+  gather_bytes_into(data, bytes, root, rank() == root ? &buf : nullptr);
+  std::vector<std::vector<uint8_t>> out;
+  if (rank() != root) return out;
+  out.resize(static_cast<size_t>(size()));
+  for (int r = 0; r < size(); ++r) {
+    out[r].assign(buf.of(r), buf.of(r) + buf.size[static_cast<size_t>(r)]);
+  }
+  return out;
+}
+
+std::string broadcast_string(Communicator& comm, const std::string& value, int root) {
+  int64_t len = comm.rank() == root ? static_cast<int64_t>(value.size()) : 0;
+  comm.broadcast(&len, 1, DType::kInt64, root);
+  std::string out = comm.rank() == root ? value : std::string(static_cast<size_t>(len), '\0');
+  if (len > 0) comm.broadcast(out.data(), static_cast<size_t>(len), DType::kUInt8, root);
+  return out;
+}
+
+}  // namespace ddp
