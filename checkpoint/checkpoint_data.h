@@ -54,6 +54,7 @@ struct CheckpointMeta {
   std::string fingerprint;            // architecture: hex xxh3 of names/shapes/dtypes
   std::string optimizer_json;         // optimizer type + param groups (hyperparameters, order)
   std::string scheduler_json;         // scheduler config + step
+  std::string grad_scaler_json;       // fp16 mixed precision's loss scaler; empty: none
   std::string callbacks_json;         // stateful callbacks (e.g. the best-k table)
   std::map<std::string, double> metrics;  // monitored metrics at save time
 };

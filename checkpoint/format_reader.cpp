@@ -168,6 +168,11 @@ FileReader::FileReader(const std::string& path, const ReadOptions& options)
     *texts[i] = read_string_dataset(root, std::string("meta/") + kMetaStrings[i],
                                     options.verify_tensor_checksums, s.ctx);
   }
+  // Optional (files without a loss scaler, and files from before it existed, lack it).
+  if (DDP_H5_CHECK(H5Lexists(root, "meta/grad_scaler_json", H5P_DEFAULT), s.ctx) > 0) {
+    m.grad_scaler_json = read_string_dataset(root, "meta/grad_scaler_json",
+                                             options.verify_tensor_checksums, s.ctx);
+  }
   H5GroupHandle metrics(DDP_H5_CHECK(H5Gopen2(root, "metrics", H5P_DEFAULT), s.ctx));
   for (const std::string& name : attr_names(metrics.get(), s.ctx)) {
     m.metrics[name] = read_double_attr(metrics.get(), name.c_str(), "group '/metrics'", s.ctx);

@@ -195,6 +195,9 @@ FileWriter::FileWriter(const std::string& path, const CheckpointMeta& meta)
   write_string_dataset(meta_group.get(), "optimizer_json", meta.optimizer_json, ctx);
   write_string_dataset(meta_group.get(), "scheduler_json", meta.scheduler_json, ctx);
   write_string_dataset(meta_group.get(), "callbacks_json", meta.callbacks_json, ctx);
+  if (!meta.grad_scaler_json.empty()) {  // optional: only runs with a loss scaler have one
+    write_string_dataset(meta_group.get(), "grad_scaler_json", meta.grad_scaler_json, ctx);
+  }
   meta_group.close("H5Gclose", ctx);
 
   H5GroupHandle metrics(

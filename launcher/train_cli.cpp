@@ -26,6 +26,8 @@ void write_summary(const std::string& path, const TrainResult& r, const Config& 
   j["samples_per_s"] = r.samples_per_s;
   j["samples"] = r.samples;
   j["wall_s"] = r.wall_s;
+  j["preemption_check_s"] = r.preemption_check_s;
+  j["train_loop_s"] = r.train_loop_s;
   j["world_size"] = r.world_size;
   j["backend"] = r.backend;
   j["preempted"] = r.preempted;

@@ -188,6 +188,10 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
       if (r.rank == control_.rank()) mine = &r;
     }
     if (mine && !info.resharded) set_cpu_rng_state(mine->cpu_rng);
+    if (mine && !info.resharded && !mine->cuda_rng.empty()) set_cuda_rng_state(mine->cuda_rng);
+    if (GradScaler* scaler = trainer_.grad_scaler(); scaler && !m.grad_scaler_json.empty()) {
+      scaler->load_state_json(m.grad_scaler_json);
+    }
     policy_->load_state_json(m.callbacks_json);
     last_saved_step_ = m.global_step;
   });
@@ -233,6 +237,7 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
                                     {"lr", trainer_.current_lr()}}
                          .dump();
   m.metrics = metrics;
+  if (const GradScaler* scaler = trainer_.grad_scaler()) m.grad_scaler_json = scaler->state_json();
 
   const std::string file = policy_->filename(st.epoch, st.global_step, metrics);
   const auto dropped = policy_->on_committed(file, st.global_step, metrics);
@@ -245,10 +250,16 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   }
   req.rank_state.rank = control_.rank();
   req.rank_state.cpu_rng = cpu_rng_state();
+  req.rank_state.cuda_rng = cuda_rng_state();
   req.rank_state.sampler_epoch = st.epoch;
   req.rank_state.sampler_index = st.batch_in_epoch * cfg.trainer.batch_size;
   req.final_path = (fs::path(dirpath_) / file).string();
   req.chunk_bytes = static_cast<size_t>(cfg.checkpoint.chunk_mb * 1024 * 1024);
+  // A synchronous save keeps the training thread here until the commit: rank 0 may write
+  // straight from the tensors. An async one needs the snapshot, in storage kept between saves.
+  req.zero_copy = !cfg.checkpoint.async;
+  if (!snapshot_buffer_) snapshot_buffer_ = std::make_shared<ckpt::SnapshotBuffer>();
+  req.buffer = snapshot_buffer_;
 
   auto pending = ckpt::snapshot_for_save(*save_comm_, std::move(req));
   last_saved_step_ = st.global_step;

@@ -79,6 +79,7 @@ class Checkpointer {
   int64_t saves_completed_ = 0;
   double last_stall_s_ = 0;
 
+  std::shared_ptr<ckpt::SnapshotBuffer> snapshot_buffer_;  // reused by every save
   std::thread worker_;
   std::exception_ptr worker_error_;
   bool in_flight_ = false;

@@ -31,7 +31,7 @@ const char* const kDefaultConfigYaml = R"yaml(trainer:
   seed: 42                      # seeds data order, initialisation and per-rank RNG
   default_root_dir: runs        # parent of run directories
   name: default                 # run directory: <default_root_dir>/<name>
-  precision: "32"               # "32" | bf16-mixed | 16-mixed
+  precision: "32"               # "32" | bf16-mixed (autocast; CPU or GPU) | 16-mixed (GPU; loss scaling)
   progress_bar: auto            # auto (if stderr is a terminal) | on | off
 optimizer:
   name: adamw                   # sgd | adam | adamw

@@ -6,6 +6,9 @@
 // report "no CUDA" and the NCCL backend, which still compiles and links, is never selected.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 namespace ddp {
 
 // True when this LibTorch was built with CUDA and at least one GPU is visible.
@@ -14,5 +17,9 @@ bool torch_cuda_available();
 void* torch_current_cuda_stream();
 // Blocks until all work on the current CUDA device is done (no-op without CUDA).
 void torch_cuda_synchronize();
+// State of the default CUDA generator of the current device (empty without CUDA), and back
+// (ignored without CUDA).
+std::vector<uint8_t> torch_cuda_rng_state();
+void torch_set_cuda_rng_state(const std::vector<uint8_t>& state);
 
 }  // namespace ddp

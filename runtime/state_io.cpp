@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "collectives/error.h"
+#include "runtime/cuda_seam.h"
 #include "runtime/tensor_comm.h"
 
 namespace ddp {
@@ -36,6 +37,7 @@ ckpt::TensorSource source_of(std::string path, const torch::Tensor& t) {
   s.shape.assign(t.sizes().begin(), t.sizes().end());
   s.bytes = static_cast<size_t>(t.numel()) * t.element_size();
   torch::Tensor ref = t;
+  if (t.device().is_cpu() && t.is_contiguous() && !t.is_sparse()) s.host_data = t.data_ptr();
   s.copy_to = [ref](void* dst) {
     torch::Tensor host = ref.detach().to(torch::kCPU).contiguous();
     std::memcpy(dst, host.data_ptr(), host.numel() * host.element_size());
@@ -247,6 +249,12 @@ void set_cpu_rng_state(const std::vector<uint8_t>& state) {
   auto t = torch::empty({static_cast<int64_t>(state.size())}, torch::kUInt8);
   std::memcpy(t.data_ptr(), state.data(), state.size());
   gen.set_state(t);
+}
+
+std::vector<uint8_t> cuda_rng_state() { return torch_cuda_rng_state(); }
+
+void set_cuda_rng_state(const std::vector<uint8_t>& state) {
+  if (!state.empty()) torch_set_cuda_rng_state(state);
 }
 
 std::string architecture_fingerprint(const torch::nn::Module& model) {

@@ -46,6 +46,11 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const std::string&
 
 std::vector<uint8_t> cpu_rng_state();
 void set_cpu_rng_state(const std::vector<uint8_t>& state);
+// The default CUDA generator of the current device (empty without CUDA: runtime/cuda_seam.h).
+// Setting an empty state, or any state on a machine without CUDA, does nothing (a GPU
+// checkpoint resumes on CPU).
+std::vector<uint8_t> cuda_rng_state();
+void set_cuda_rng_state(const std::vector<uint8_t>& state);
 
 // Architecture fingerprint (hex) of the model's named parameters and buffers.
 std::string architecture_fingerprint(const torch::nn::Module& model);

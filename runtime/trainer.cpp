@@ -146,12 +146,9 @@ void Trainer::setup() {
 #endif
   }
   grad_comm_ = owned_grad_comm_ ? owned_grad_comm_.get() : &control_;
-  if (tc.precision != "32") {
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("trainer.precision={} is not available in this build of the "
-                            "trainer; use trainer.precision=32",
-                            tc.precision));
-  }
+  precision_ = parse_precision(tc.precision);
+  check_precision_supported(precision_, device_);
+  if (precision_ == Precision::kFp16Mixed) scaler_ = std::make_unique<GradScaler>();
 
   data_ = make_datasets(config_.data, tc.seed);
   // Same initial weights on every rank for a given seed (rank 0's are broadcast anyway).
@@ -227,10 +224,14 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
     std::vector<int64_t> idx(epoch_indices.begin() + begin, epoch_indices.begin() + end);
     if (sync_buffers) engine_->broadcast_buffers();
     Batch batch = load_batch(*data_.train, idx);
-    torch::Tensor loss = compute_loss(task, model_->forward(batch.x), batch.y) /
-                         static_cast<double>(num_micro);
+    torch::Tensor loss;
+    {
+      AutocastGuard autocast(precision_, device_);  // forward and loss only, as Lightning
+      loss = compute_loss(task, model_->forward(batch.x), batch.y) /
+             static_cast<double>(num_micro);
+    }
     engine_->prepare_backward(/*sync=*/m == num_micro - 1);
-    loss.backward();
+    (scaler_ ? scaler_->scale(loss) : loss).backward();
     loss_sum += loss.item<double>();
     samples_done_ += static_cast<int64_t>(idx.size()) * control_.size();
   }
@@ -240,10 +241,14 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
     throw Error(e.kind(), fmt::format("gradient all-reduce of step {}: {}", state_.global_step + 1,
                                       e.what()));
   }
-  if (config_.trainer.gradient_clip_val > 0) {
+  // With a loss scaler: unscale the all-reduced gradients before clipping; an overflow (the
+  // same on every rank: it is in the all-reduced sum) skips this step and lowers the scale.
+  const bool overflow = scaler_ && scaler_->unscale(model_->parameters());
+  if (config_.trainer.gradient_clip_val > 0 && !overflow) {
     torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.trainer.gradient_clip_val);
   }
-  optimizer_->step();
+  if (!overflow) optimizer_->step();
+  if (scaler_) scaler_->update(overflow);
   *loss_out = loss_sum;
 }
 
@@ -275,6 +280,7 @@ double Trainer::validate() {
       if (config_.trainer.limit_val_batches >= 0 && batches >= config_.trainer.limit_val_batches)
         break;
       Batch b = load_batch(*data_.val, idx);
+      AutocastGuard autocast(precision_, device_);
       const double loss = compute_loss(task, model_->forward(b.x), b.y).item<double>();
       sums[0] += loss * static_cast<double>(idx.size());
       sums[1] += static_cast<double>(idx.size());
@@ -330,6 +336,8 @@ TrainResult Trainer::fit() {
   }
   int64_t epochs_started = 0;
   bool preempted = false;
+  double check_s = 0.0;
+  const double loop_start_s = now_s();
   bool done = total_steps_ >= 0 && state_.global_step >= total_steps_;
   while (!done) {
     if (tc.max_epochs > 0 && state_.epoch >= tc.max_epochs) break;
@@ -362,7 +370,9 @@ TrainResult Trainer::fit() {
       // Preemption: a signal on any rank stops every rank after this same step. One 8-byte
       // all-reduce per step (its cost is in docs/performance.md).
       int64_t signalled = StopSignal::requested() ? 1 : 0;
+      const double check_start_s = now_s();
       control_.all_reduce(&signalled, 1, DType::kInt64, ReduceOp::kMax);
+      check_s += now_s() - check_start_s;
       if (signalled) preempted = true;
       const bool stop = preempted ||
                         (stop_after_step_ >= 0 && state_.global_step >= stop_after_step_);
@@ -382,6 +392,7 @@ TrainResult Trainer::fit() {
       }
     }
   }
+  const double loop_s = now_s() - loop_start_s;
   if (preempted && config_.preemption.save && config_.checkpoint.enabled) {
     if (control_.rank() == 0) {
       progress_->message(fmt::format("ddp-train: stop requested by a signal; saving a "
@@ -406,6 +417,8 @@ TrainResult Trainer::fit() {
   r.signal = StopSignal::last_signal();
   r.backend = grad_comm_->backend_name();
   r.run_dir = run_dir_;
+  r.preemption_check_s = check_s;
+  r.train_loop_s = loop_s;
   return r;
 }
 

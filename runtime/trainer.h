@@ -25,6 +25,7 @@
 #include "runtime/data/dataset.h"
 #include "runtime/data/distributed_sampler.h"
 #include "runtime/models/model.h"
+#include "runtime/mixed_precision.h"
 #include "runtime/optim.h"
 
 namespace torch::optim {
@@ -58,6 +59,11 @@ struct TrainResult {
   int signal = 0;          // the signal this rank saw (0 if it only learned it from a peer)
   std::string backend;
   std::string run_dir;
+  // Cost of the per-step stop agreement (one 8-byte all-reduce per step) on this rank: its
+  // total seconds, against the seconds of the training loop it ran in. Includes waiting for a
+  // slower rank at that point, so it is an upper bound on what the agreement itself costs.
+  double preemption_check_s = 0.0;
+  double train_loop_s = 0.0;
 };
 
 class Trainer {
@@ -86,6 +92,8 @@ class Trainer {
   DdpEngine& engine() { return *engine_; }
   Communicator& grad_comm() { return *grad_comm_; }
   Checkpointer* checkpointer() { return checkpointer_.get(); }
+  Precision precision() const { return precision_; }
+  GradScaler* grad_scaler() { return scaler_.get(); }  // null unless precision is 16-mixed
   const std::string& run_dir() const { return run_dir_; }
   std::string hparams_json() const;
   double current_lr() const;
@@ -106,6 +114,8 @@ class Trainer {
   std::unique_ptr<Communicator> owned_grad_comm_;
   Communicator* grad_comm_ = nullptr;
   torch::Device device_{torch::kCPU};
+  Precision precision_ = Precision::kFp32;
+  std::unique_ptr<GradScaler> scaler_;
 
   DataSplits data_;
   std::shared_ptr<Model> model_;

@@ -58,10 +58,11 @@ class ExactResume : public ::testing::TestWithParam<std::string> {};
 TEST_P(ExactResume, StopMidEpochAndResumeIsBitwiseIdentical) {
   auto& comm = world();
   const std::string root = test::temp_dir("exact_resume");
-  const std::string mode = GetParam();  // "sync" | "async" | "adamw"
+  const std::string mode = GetParam();  // "sync" | "async" | "adamw" | "bf16"
   std::vector<std::string> extra;
   if (mode == "async") extra.push_back("checkpoint.async=true");
   if (mode == "adamw") extra.push_back("optimizer.name=adamw");
+  if (mode == "bf16") extra.push_back("trainer.precision=bf16-mixed");
 
   Trainer straight(make_config(root, "straight", extra), comm);
   straight.fit();
@@ -87,7 +88,7 @@ TEST_P(ExactResume, StopMidEpochAndResumeIsBitwiseIdentical) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "tensor " << i << " differs";
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("sync", "async", "adamw"));
+INSTANTIATE_TEST_SUITE_P(Modes, ExactResume, ::testing::Values("sync", "async", "adamw", "bf16"));
 
 TEST(Resume, OnAnotherWorldSizeRecomputesThePosition) {
   auto& comm = world();

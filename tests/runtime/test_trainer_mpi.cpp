@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "collectives/agreement.h"
 #include "runtime/config.h"
 #include "runtime/ddp_engine.h"
 #include "runtime/trainer.h"
@@ -83,6 +84,59 @@ TEST(Trainer, LossGoesDownOnTheDefaultTask) {
   EXPECT_EQ(r.steps, 60);
   EXPECT_LT(after, 0.8 * before) << "validation loss did not improve";
   EXPECT_EQ(r.world_size, comm.size());
+}
+
+TEST(Trainer, Bf16MixedLearnsWithFloat32MasterWeightsOnEveryRank) {
+  auto& comm = world();
+  const std::string dir = test::temp_dir("trainer_bf16");
+  Config c = load_config_from_string(
+      "trainer: {max_steps: 60, progress_bar: 'off', check_val_every_n_epoch: 0, "
+      "precision: bf16-mixed}\n"
+      "data: {num_samples: 4096}\n",
+      {"trainer.default_root_dir=" + dir});
+  Trainer t(c, comm);
+  ASSERT_EQ(t.precision(), Precision::kBf16Mixed);
+  EXPECT_EQ(t.grad_scaler(), nullptr) << "bf16 needs no loss scaling";
+  const double before = t.validate();
+  const TrainResult r = t.fit();
+  const double after = t.validate();
+  EXPECT_EQ(r.steps, 60);
+  EXPECT_LT(after, 0.8 * before) << "validation loss did not improve under bf16 autocast";
+  for (const auto& p : t.model().parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat32);
+  for (const auto& p : t.model().parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().scalar_type(), torch::kFloat32);
+  }
+  // The forward really ran in bf16: the result differs from a float32 run's.
+  Config c32 = c;
+  c32.trainer.precision = "32";
+  c32.trainer.name = "fp32";
+  Trainer t32(c32, comm);
+  t32.fit();
+  double diff = 0;
+  auto ref = t32.model().named_parameters();
+  for (const auto& item : t.model().named_parameters()) {
+    diff = std::max(diff, (item.value() - ref[item.key()]).abs().max().item<double>());
+  }
+  EXPECT_GT(diff, 0.0) << "bf16-mixed gave bitwise the float32 result: autocast was off";
+  const uint64_t h = t.engine().state_hash();
+  std::vector<uint64_t> all(comm.size());
+  comm.all_gather(&h, all.data(), 1, DType::kInt64);
+  for (int r2 = 0; r2 < comm.size(); ++r2) EXPECT_EQ(all[r2], all[0]) << "rank " << r2;
+}
+
+TEST(Trainer, Fp16MixedOnCpuIsRefusedWithTheFix) {
+  auto& comm = world();
+  const std::string dir = test::temp_dir("trainer_fp16_cpu");
+  Config c = load_config_from_string("trainer: {precision: 16-mixed, progress_bar: 'off'}\n",
+                                     {"trainer.default_root_dir=" + dir});
+  try {
+    Trainer t(c, comm);
+    ADD_FAILURE() << "16-mixed on CPU was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("bf16-mixed"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
