@@ -3,6 +3,7 @@
 //
 //   mpirun -np 1 bench_ddp overhead [--rounds N] [--steps S] [--warmup W] [--hidden 256,256]
 //   mpirun -np 2 bench_ddp buckets  [--rounds N] [--steps S] [--warmup W] [--hidden 1024,...]
+//   mpirun -np 2 bench_ddp agreement [--rounds N] [--steps S] [--warmup W] [--hidden 512,512]
 //
 // overhead: the default MLP (64 -> hidden -> 10, batch 64, AdamW, cross-entropy, random data)
 //   trained with the DdpEngine (zero_grad / prepare_backward / backward / finish_backward /
@@ -12,6 +13,11 @@
 // buckets: a larger MLP so that communication matters, one replica per variant:
 //   bucket_cap_mb 1, 25, 100 with overlap on, and "no overlap" (one bucket, reduced after
 //   backward). Ratios are against "no overlap".
+// agreement: the cost of the trainer's per-step preemption agreement (one 8-byte MPI
+//   all-reduce after the optimizer step, as Trainer::fit does) on the default config's model
+//   (MLP 64 -> [512, 512] -> 10, batch 64, AdamW): DDP steps with it ("ddp_agreement") against
+//   the same steps without it ("ddp"). Skew between ranks that the agreement absorbs would
+//   otherwise be absorbed by the next gradient all-reduce, so the ratio is its marginal cost.
 //
 // A round runs one block of `steps` steps of every variant, rotating which goes first; a
 // block's time is the slowest rank's. Figures are medians over rounds of the per-step time.
@@ -53,7 +59,7 @@ struct Options {
 
 [[noreturn]] void usage(const char* argv0, const std::string& why) {
   std::fprintf(stderr,
-               "%s: %s\nusage: %s overhead|buckets [--rounds N] [--steps S] [--warmup W] "
+               "%s: %s\nusage: %s overhead|buckets|agreement [--rounds N] [--steps S] [--warmup W] "
                "[--hidden A,B,...]\n",
                argv0, why.c_str(), argv0);
   std::exit(2);
@@ -71,7 +77,7 @@ Options parse(int argc, char** argv) {
   if (argc < 2) usage(argv[0], "missing mode");
   Options o;
   o.mode = argv[1];
-  if (o.mode != "overhead" && o.mode != "buckets") usage(argv[0], "unknown mode '" + o.mode + "'");
+  if (o.mode != "overhead" && o.mode != "buckets" && o.mode != "agreement") usage(argv[0], "unknown mode '" + o.mode + "'");
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) usage(argv[0], "missing value for " + a);
@@ -88,10 +94,11 @@ Options parse(int argc, char** argv) {
       usage(argv[0], "unknown option " + a);
     }
   }
-  const bool overhead = o.mode == "overhead";
+  const bool overhead = o.mode == "overhead" || o.mode == "agreement";  // small-step modes
   if (o.rounds == 0) o.rounds = overhead ? 41 : 9;
   if (o.steps == 0) o.steps = overhead ? 100 : 8;
   if (o.warmup == 0) o.warmup = overhead ? 50 : 3;
+  if (o.hidden.empty() && o.mode == "agreement") o.hidden = {512, 512};  // configs/default.yaml
   if (o.hidden.empty()) {
     o.hidden = overhead ? std::vector<int64_t>{256, 256}
                         : std::vector<int64_t>{1024, 1024, 1024, 1024};
@@ -120,6 +127,7 @@ std::string json_list(const std::vector<double>& v) {
 struct Variant {
   std::string name;
   bool use_engine = false;
+  bool agreement = false;  // the trainer's per-step stop agreement after the step
   ddp::DdpOptions ddp_options;
   std::shared_ptr<ddp::Model> model;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
@@ -150,6 +158,10 @@ struct Bench {
       loss.backward();
     }
     v.optimizer->step();
+    if (v.agreement) {
+      int64_t stop = 0;
+      comm.all_reduce(&stop, 1, ddp::DType::kInt64, ddp::ReduceOp::kMax);
+    }
   }
 
   // Seconds for `steps` steps, the slowest rank's.
@@ -209,6 +221,13 @@ int main(int argc, char** argv) {
       variants[0].name = "plain";
       variants[1].name = "ddp";
       variants[1].use_engine = true;
+    } else if (opt.mode == "agreement") {
+      variants.resize(2);
+      variants[0].name = "ddp";
+      variants[0].use_engine = true;
+      variants[1].name = "ddp_agreement";
+      variants[1].use_engine = true;
+      variants[1].agreement = true;
     } else {
       const double caps[] = {1.0, 25.0, 100.0};
       for (double cap : caps) {
@@ -247,8 +266,8 @@ int main(int argc, char** argv) {
     }
 
     if (root) {
-      // The reference: "plain" for overhead, "no_overlap" for buckets.
-      const Variant& ref = opt.mode == "overhead" ? variants.front() : variants.back();
+      // The reference: "plain" for overhead, "ddp" for agreement, "no_overlap" for buckets.
+      const Variant& ref = opt.mode == "buckets" ? variants.back() : variants.front();
       const int64_t params = parameter_count(*variants[0].model);
       std::printf("{\n  \"mode\": \"%s\",\n  \"world_size\": %d,\n  \"hidden\": %s,\n"
                   "  \"parameters\": %lld,\n  \"grad_mb\": %.3f,\n  \"batch\": %lld,\n"

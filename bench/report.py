@@ -232,6 +232,22 @@ def overhead_section(results):
     }
 
 
+def agreement_section(results):
+    """bench_ddp agreement: DDP steps with the trainer's per-step stop all-reduce vs without."""
+    data = load_json(os.path.join(results, "agreement.json"))
+    if not data:
+        return None
+    v = {x["name"]: x for x in data["variants"]}
+    base, with_ = v["ddp"], v["ddp_agreement"]
+    return {
+        "data": data,
+        "cost": with_["median_step_ms"] / base["median_step_ms"] - 1.0,
+        "paired": statistics.median(a / b for a, b in zip(with_["step_ms"], base["step_ms"])) - 1.0,
+        "us": (with_["median_step_ms"] - base["median_step_ms"]) * 1e3,
+        "step_ms": base["median_step_ms"],
+    }
+
+
 def buckets_section(results):
     buckets = load_json(os.path.join(results, "buckets.json"))
     if not buckets:
@@ -318,7 +334,7 @@ def ckpt_row(name, pairs, goal, ok, fmt):
     return [name, goal, measured, REPORT if ok is None else met(all(ok(v) for _, v in pairs))]
 
 
-def targets_table(ar, ov, tr, ck, meta):
+def targets_table(ar, ov, tr, ck, meta, ag=None):
     rows = []
     if ar.get("rows"):
         w = ar["worst"]
@@ -357,14 +373,23 @@ def targets_table(ar, ov, tr, ck, meta):
                      REPORT])
     else:
         rows.append(["ddp-train scaling 1 -> 2 ranks", "(report)", MISSING, MISSING])
-    agreement_name = "preemption stop agreement / training loop time, 2 ranks (rank 0)"
+    if ag:
+        rows.append(["preemption stop agreement: step time with / without it - 1, 2 ranks "
+                     "(bench_ddp agreement)", f"< {AGREEMENT_MAX_FRACTION * 100:g}%",
+                     f"{ag['cost'] * 100:.2f}% ({ag['us']:.0f} us of {ag['step_ms']:.2f} ms)",
+                     met(ag["cost"] < AGREEMENT_MAX_FRACTION)])
+    else:
+        rows.append(["preemption stop agreement (bench_ddp agreement)",
+                     f"< {AGREEMENT_MAX_FRACTION * 100:g}%", MISSING, MISSING])
+    agreement_name = ("preemption stop agreement / training loop time, 2 ranks (rank 0; upper "
+                      "bound: includes waiting for the slower rank)")
     if "agreement" in tr:
         us = tr.get("agreement_us")
-        rows.append([agreement_name, f"< {AGREEMENT_MAX_FRACTION * 100:g}%",
+        rows.append([agreement_name, "(report)",
                      f"{tr['agreement'] * 100:.2f}%" + (f" ({us:.0f} us/step)" if us else ""),
-                     met(tr["agreement"] < AGREEMENT_MAX_FRACTION)])
+                     REPORT])
     else:
-        rows.append([agreement_name, f"< {AGREEMENT_MAX_FRACTION * 100:g}%",
+        rows.append([agreement_name, "(report)",
                      "not measured (rebuild ddp-train)" if tr.get("agreement_missing")
                      else MISSING, MISSING])
     ck_status = meta.get("checkpoint", "ran" if ck else "not run")
@@ -408,7 +433,8 @@ def main() -> int:
     bk = buckets_section(results)
     tr = train_section(results)
     ck = checkpoint_section(results)
-    targets = targets_table(ar, ov, tr, ck, meta)
+    ag = agreement_section(results)
+    targets = targets_table(ar, ov, tr, ck, meta, ag)
     target_header = ["target", "goal", "measured", "status"]
     train_steps = meta.get("train_steps", "?")
 
@@ -448,12 +474,12 @@ def main() -> int:
     print("== targets")
     print(text_table(target_header, targets))
 
-    write_page(out_md, meta, targets, target_header, ar, ov, bk, tr, ck)
+    write_page(out_md, meta, targets, target_header, ar, ov, bk, tr, ck, ag)
     print(f"\nwrote {out_md}")
     return 0
 
 
-def write_page(out_md, meta, targets, target_header, ar, ov, bk, tr, ck):
+def write_page(out_md, meta, targets, target_header, ar, ov, bk, tr, ck, ag=None):
     train_steps = meta.get("train_steps", "?")
     lines = [
         "# Performance",
@@ -622,6 +648,21 @@ def write_page(out_md, meta, targets, target_header, ar, ov, bk, tr, ck):
         lines += ["Not measured in this run.", ""]
 
     lines += ["## 3c. Preemption agreement cost", ""]
+    if ag:
+        d = ag["data"]
+        lines += [
+            f"`bench_ddp agreement` under `mpirun -np 2`: MLP 64 -> {d['hidden']} -> 10 "
+            f"(configs/default.yaml's model), batch {d['batch']}, AdamW; DDP steps with the "
+            "trainer's per-step stop agreement (one int64 MAX all-reduce after the optimizer "
+            f"step) against the same steps without it, {d['rounds']} alternating rounds x "
+            f"{d['steps_per_block']} steps. Step time {ag['step_ms']:.3f} ms without it; "
+            f"cost **{ag['cost'] * 100:.2f}%** ({ag['us']:.1f} us per step; median of per-round "
+            f"paired ratios: {ag['paired'] * 100:.2f}%); target < "
+            f"{AGREEMENT_MAX_FRACTION * 100:g}%. Waiting for a slower rank at the agreement is "
+            "not part of this cost: without it the same wait happens at the next gradient "
+            "all-reduce.",
+            "",
+        ]
     if "agreement" in tr:
         runs_pct = ", ".join(f"{f * 100:.2f}%" for f in tr["agreement_runs"])
         lines += [

@@ -120,6 +120,12 @@ COMMANDS+=("$(rel "${cmd[@]}")")
 log "2/6 DDP overhead (1 rank)"
 "${cmd[@]}" >"$RESULTS/overhead.json" || die "bench_ddp overhead failed"
 
+# --- 2a'. the per-step preemption agreement's marginal cost, 2 ranks, default config's model
+cmd=("${MPI[@]}" -np 2 "$BIN/bench_ddp" agreement "${OV_ARGS[@]}")
+COMMANDS+=("$(rel "${cmd[@]}")")
+log "2/6 stop-agreement cost (2 ranks)"
+"${cmd[@]}" >"$RESULTS/agreement.json" || die "bench_ddp agreement failed"
+
 # --- 2b. bucket sweep at 2 ranks
 cmd=("${MPI[@]}" -np 2 "$BIN/bench_ddp" buckets "${BK_ARGS[@]}")
 COMMANDS+=("$(rel "${cmd[@]}")")
