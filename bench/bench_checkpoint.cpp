@@ -95,7 +95,7 @@ struct Options {
   int rounds = 7;
   std::vector<int64_t> hidden{2048, 2048, 2048, 2048, 2048};
   int64_t features = 512;
-  double chunk_mb = 64.0;  // checkpoint.chunk_mb (gather round size per rank)
+  double chunk_mb = 16.0;  // checkpoint.chunk_mb (gather round size), as the default config
   std::string python;      // empty: no torch.save peer
   std::string peer;
   std::string only = "all";

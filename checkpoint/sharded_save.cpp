@@ -1,5 +1,8 @@
 #include "checkpoint/sharded_save.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -228,6 +231,42 @@ class RecordStream {
   uint64_t payload_left_ = 0;
 };
 
+// Asks the kernel to start writing the file's dirty pages to disk now, without waiting
+// (sync_file_range SYNC_FILE_RANGE_WRITE; RocksDB's bytes_per_sync): the disk works while the
+// next round is received, and the commit's fsync has less left to wait for. A hint only:
+// errors are ignored (durability still comes from that fsync).
+class EarlyWriteback {
+ public:
+  explicit EarlyWriteback(const std::string& path) {
+#if defined(__linux__)
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+#else
+    (void)path;
+#endif
+  }
+  ~EarlyWriteback() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  EarlyWriteback(const EarlyWriteback&) = delete;
+  EarlyWriteback& operator=(const EarlyWriteback&) = delete;
+  void start() {
+#if defined(__linux__)
+    if (fd_ >= 0) (void)::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+#endif
+    since_start_ = 0;
+  }
+  // `bytes` more were written: starts writeback every kEvery bytes.
+  void wrote(size_t bytes) {
+    since_start_ += bytes;
+    if (since_start_ >= kEvery) start();
+  }
+
+ private:
+  static constexpr size_t kEvery = 8u << 20;
+  int fd_ = -1;
+  size_t since_start_ = 0;
+};
+
 // Rank 0's writer thread: creates the file, writes rank 0's own share, then every received
 // round in order (each holds a piece of one rank's share), then closes the file. The
 // gathering thread fills two GatherBuffers in turn;
@@ -280,8 +319,12 @@ class RootWriter {
   void run() {
     try {
       FileWriter writer(tmp_, meta_);
+      EarlyWriteback writeback(tmp_);
       RecordStream own(&writer, meta_.weights_only, 0);
-      for (const auto& [p, n] : own_) own.feed(p, n);
+      for (const auto& [p, n] : own_) {
+        own.feed(p, n);
+        writeback.wrote(n);
+      }
       own.check_complete();
       std::vector<RecordStream> remote;
       for (int r = 0; r < world_; ++r) remote.emplace_back(&writer, meta_.weights_only, r);
@@ -293,7 +336,10 @@ class RootWriter {
           if (filled_ <= k) break;  // end_ and every round written
         }
         const GatherBuffer& b = buffers_[k % 2];
-        for (int r = 1; r < world_; ++r) remote[r].feed(b.of(r), b.size[static_cast<size_t>(r)]);
+        for (int r = 1; r < world_; ++r) {
+          remote[r].feed(b.of(r), b.size[static_cast<size_t>(r)]);
+          writeback.wrote(b.size[static_cast<size_t>(r)]);
+        }
         std::lock_guard<std::mutex> lock(mu_);
         consumed_ = k + 1;
         cv_.notify_all();
@@ -323,11 +369,20 @@ class RootWriter {
 
 }  // namespace
 
+SnapshotBuffer::~SnapshotBuffer() { release(); }
+
+void SnapshotBuffer::release() {
+  if (data_ && on_release) on_release(data_.get());
+  data_.reset();
+  capacity_ = 0;
+}
+
 uint8_t* SnapshotBuffer::reserve(size_t bytes) {
   if (bytes > capacity_) {
-    data_.reset();  // never hold the old and the new storage together
+    release();  // never hold the old and the new storage together
     data_.reset(new uint8_t[bytes]);
     capacity_ = bytes;
+    if (on_allocate) on_allocate(data_.get(), bytes);
   }
   return data_.get();
 }

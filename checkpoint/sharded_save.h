@@ -55,11 +55,22 @@ struct TensorSource {
 // Thread-safety: used by one save at a time (at most one save is in flight).
 class SnapshotBuffer {
  public:
+  SnapshotBuffer() = default;
+  ~SnapshotBuffer();
+  SnapshotBuffer(const SnapshotBuffer&) = delete;
+  SnapshotBuffer& operator=(const SnapshotBuffer&) = delete;
+
   // Room for `bytes`, uninitialised; keeps the old storage when it is large enough.
   uint8_t* reserve(size_t bytes);
   size_t capacity() const { return capacity_; }
 
+  // Optional: called on new storage after it is allocated, and before it is freed (the runtime
+  // page-locks it for device-to-host copies when the model is on a GPU).
+  std::function<void(void* data, size_t bytes)> on_allocate;
+  std::function<void(void* data)> on_release;
+
  private:
+  void release();
   std::unique_ptr<uint8_t[]> data_;
   size_t capacity_ = 0;
 };
@@ -70,7 +81,7 @@ struct SaveRequest {
   RankState rank_state;                // this rank's own state
   std::string final_path;              // where the committed file will live (rank 0)
   bool update_latest = true;
-  size_t chunk_bytes = 64u << 20;      // gather round size per rank
+  size_t chunk_bytes = 16u << 20;      // gather round size (one sender per round)
   // Rank 0 writes its share from TensorSource::host_data (where set) instead of a snapshot.
   // REQUIRES when true: those tensors stay unchanged until finish() returns (the caller waits
   // for the save: a synchronous save).

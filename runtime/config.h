@@ -105,7 +105,7 @@ struct CheckpointConfig {
   bool save_weights_only = false;    // model only: no optimizer, position or RNG
   int64_t keep_last_n = 2;           // also keep the n newest (fallback if one is corrupt)
   bool async = false;                // gather + write on a background thread
-  double chunk_mb = 64.0;            // gather round size per rank, MiB (bounds rank 0 memory)
+  double chunk_mb = 16.0;            // gather round size, MiB (rank 0 holds 2 rounds)
   std::string on_error = "stop";     // a failed save: stop (all ranks exit) | continue
   std::string resume = "none";       // auto | last | best | none | <path to .h5>
 };

@@ -94,7 +94,7 @@ checkpoint:
   save_weights_only: false      # model only (no optimizer, data position or RNG state)
   keep_last_n: 2                # also keep the n newest checkpoints (-1: all)
   async: false                  # gather and write on a background thread while training goes on
-  chunk_mb: 64.0                # gather round size per rank, MiB (bounds rank 0's extra memory)
+  chunk_mb: 16.0                # gather round size, MiB (rank 0 holds 2 rounds; smaller overlaps more)
   on_error: stop                # a failed save: stop (every rank exits) | continue (warn)
   resume: none                  # auto | last | best | none | <path to a .h5 checkpoint>
 preemption:
