@@ -4,6 +4,8 @@
 //   mpirun -np 1 bench_ddp overhead [--rounds N] [--steps S] [--warmup W] [--hidden 256,256]
 //   mpirun -np 2 bench_ddp buckets  [--rounds N] [--steps S] [--warmup W] [--hidden 1024,...]
 //   mpirun -np 2 bench_ddp agreement [--rounds N] [--steps S] [--warmup W] [--hidden 512,512]
+//   mpirun -np 1 bench_ddp overhead --device cuda ...   (the same on the GPU; bench/gpu.sh)
+//   mpirun -np 1 bench_ddp snapshot [--rounds N] [--mb 256]   (GPU only)
 //
 // overhead: the default MLP (64 -> hidden -> 10, batch 64, AdamW, cross-entropy, random data)
 //   trained with the DdpEngine (zero_grad / prepare_backward / backward / finish_backward /
@@ -18,6 +20,10 @@
 //   (MLP 64 -> [512, 512] -> 10, batch 64, AdamW): DDP steps with it ("ddp_agreement") against
 //   the same steps without it ("ddp"). Skew between ranks that the agreement absorbs would
 //   otherwise be absorbed by the next gradient all-reduce, so the ratio is its marginal cost.
+//
+// snapshot: device-to-host bandwidth of a checkpoint snapshot of GPU memory
+//   (torch_copy_cuda_to_host, runtime/cuda_seam.h) into page-locked host memory, against the
+//   same copy into ordinary (pageable) memory; GB/s, medians over rounds, alternating.
 //
 // A round runs one block of `steps` steps of every variant, rotating which goes first; a
 // block's time is the slowest rank's. Figures are medians over rounds of the per-step time.
@@ -38,6 +44,7 @@
 #include "collectives/error.h"
 #include "collectives/mpi_communicator.h"
 #include "runtime/config.h"
+#include "runtime/cuda_seam.h"
 #include "runtime/ddp_engine.h"
 #include "runtime/models/model.h"
 #include "runtime/optim.h"
@@ -55,12 +62,14 @@ struct Options {
   int steps = 0;    // steps per block (0: the mode's default)
   int warmup = 0;   // untimed steps per variant before the first round (0: default)
   std::vector<int64_t> hidden;  // MLP hidden sizes (empty: the mode's default)
+  std::string device = "cpu";   // overhead: cpu | cuda
+  int64_t mb = 256;             // snapshot: bytes copied per round, MiB
 };
 
 [[noreturn]] void usage(const char* argv0, const std::string& why) {
   std::fprintf(stderr,
-               "%s: %s\nusage: %s overhead|buckets|agreement [--rounds N] [--steps S] [--warmup W] "
-               "[--hidden A,B,...]\n",
+               "%s: %s\nusage: %s overhead|buckets|agreement|snapshot [--rounds N] [--steps S] "
+               "[--warmup W] [--hidden A,B,...] [--device cpu|cuda] [--mb M]\n",
                argv0, why.c_str(), argv0);
   std::exit(2);
 }
@@ -77,7 +86,8 @@ Options parse(int argc, char** argv) {
   if (argc < 2) usage(argv[0], "missing mode");
   Options o;
   o.mode = argv[1];
-  if (o.mode != "overhead" && o.mode != "buckets" && o.mode != "agreement") usage(argv[0], "unknown mode '" + o.mode + "'");
+  if (o.mode != "overhead" && o.mode != "buckets" && o.mode != "agreement" &&
+      o.mode != "snapshot") usage(argv[0], "unknown mode '" + o.mode + "'");
   for (int i = 2; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) usage(argv[0], "missing value for " + a);
@@ -90,6 +100,11 @@ Options parse(int argc, char** argv) {
       o.warmup = std::stoi(v);
     } else if (a == "--hidden") {
       o.hidden = parse_sizes(v);
+    } else if (a == "--device") {
+      o.device = v;
+      if (v != "cpu" && v != "cuda") usage(argv[0], "--device must be cpu or cuda");
+    } else if (a == "--mb") {
+      o.mb = std::stoll(v);
     } else {
       usage(argv[0], "unknown option " + a);
     }
@@ -169,13 +184,15 @@ struct Bench {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < steps; ++i) step(v);
+    ddp::torch_cuda_synchronize();  // GPU work is asynchronous (no-op on CPU)
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     MPI_Allreduce(MPI_IN_PLACE, &s, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     return s;
   }
 };
 
-void make_replica(Variant& v, const std::vector<int64_t>& hidden, ddp::MpiCommunicator& comm) {
+void make_replica(Variant& v, const std::vector<int64_t>& hidden, ddp::MpiCommunicator& comm,
+                  const torch::Device& device) {
   ddp::ModelConfig mc;
   mc.name = "mlp";
   mc.hidden_sizes = hidden;
@@ -185,6 +202,7 @@ void make_replica(Variant& v, const std::vector<int64_t>& hidden, ddp::MpiCommun
   info.num_outputs = kClasses;
   torch::manual_seed(42);  // every replica starts from the same weights
   v.model = ddp::ModelRegistry::global().create(mc, info);
+  v.model->to(device);
   v.model->train();
   if (v.use_engine) {
     v.engine = std::make_unique<ddp::DdpEngine>(v.model, comm, comm, v.ddp_options);
@@ -203,6 +221,50 @@ std::string hidden_string(const std::vector<int64_t>& hidden) {
   std::string s = "[";
   for (size_t i = 0; i < hidden.size(); ++i) s += (i ? "," : "") + std::to_string(hidden[i]);
   return s + "]";
+}
+
+// Device-to-host snapshot bandwidth: pinned vs pageable destination, alternating rounds.
+int snapshot_mode(const Options& opt, ddp::MpiCommunicator& comm) {
+  if (!ddp::torch_cuda_available()) {
+    throw ddp::Error(ddp::ErrorKind::kInvalidArgument, "snapshot mode needs a CUDA GPU");
+  }
+  const int64_t bytes = opt.mb << 20;
+  const auto src = torch::rand({bytes / 4}, torch::Device(torch::kCUDA, 0));
+  std::vector<uint8_t> pinned(static_cast<size_t>(bytes)), pageable(static_cast<size_t>(bytes));
+  const bool is_pinned = ddp::torch_pin_host_memory(pinned.data(), pinned.size());
+  std::vector<double> gbps_pinned, gbps_pageable;
+  auto once = [&](std::vector<uint8_t>& dst) {
+    ddp::torch_cuda_synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    ddp::torch_copy_cuda_to_host(src, dst.data());
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return static_cast<double>(bytes) / s / 1e9;
+  };
+  once(pinned);
+  once(pageable);  // first touch of both, untimed
+  const int rounds = opt.rounds > 0 ? opt.rounds : 11;
+  for (int r = 0; r < rounds; ++r) {
+    if (r % 2 == 0) {
+      gbps_pinned.push_back(once(pinned));
+      gbps_pageable.push_back(once(pageable));
+    } else {
+      gbps_pageable.push_back(once(pageable));
+      gbps_pinned.push_back(once(pinned));
+    }
+  }
+  if (is_pinned) ddp::torch_unpin_host_memory(pinned.data());
+  if (comm.rank() == 0) {
+    std::printf("{\n  \"mode\": \"snapshot\",\n  \"bytes\": %lld,\n  \"rounds\": %d,\n"
+                "  \"pinned_registered\": %s,\n  \"pinned_GBps\": %.3f,\n"
+                "  \"pageable_GBps\": %.3f,\n  \"pinned_vs_pageable\": %.3f,\n"
+                "  \"pinned_samples\": %s,\n  \"pageable_samples\": %s\n}\n",
+                static_cast<long long>(bytes), rounds, is_pinned ? "true" : "false",
+                median(gbps_pinned), median(gbps_pageable),
+                median(gbps_pinned) / median(gbps_pageable), json_list(gbps_pinned).c_str(),
+                json_list(gbps_pageable).c_str());
+    std::fflush(stdout);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -244,13 +306,23 @@ int main(int argc, char** argv) {
       none.ddp_options.overlap = false;
       variants.push_back(std::move(none));
     }
-    for (auto& v : variants) make_replica(v, opt.hidden, comm);
+    if (opt.mode == "snapshot") return snapshot_mode(opt, comm);
+    if (opt.device == "cuda" && (opt.mode != "overhead" || comm.size() != 1)) {
+      throw ddp::Error(ddp::ErrorKind::kInvalidArgument,
+                       "--device cuda is for the overhead mode at world size 1");
+    }
+    if (opt.device == "cuda" && !ddp::torch_cuda_available()) {
+      throw ddp::Error(ddp::ErrorKind::kInvalidArgument, "--device cuda: no usable CUDA GPU");
+    }
+    const torch::Device device = opt.device == "cuda" ? torch::Device(torch::kCUDA, 0)
+                                                      : torch::Device(torch::kCPU);
+    for (auto& v : variants) make_replica(v, opt.hidden, comm, device);
 
     Bench bench{comm, {}, {}, 0};
     torch::manual_seed(1000 + comm.rank());  // each rank its own data, as a sharded sampler
     for (int64_t i = 0; i < kNumBatches; ++i) {
-      bench.xs.push_back(torch::randn({kBatch, kFeatures}));
-      bench.ys.push_back(torch::randint(kClasses, {kBatch}, torch::kLong));
+      bench.xs.push_back(torch::randn({kBatch, kFeatures}).to(device));
+      bench.ys.push_back(torch::randint(kClasses, {kBatch}, torch::kLong).to(device));
     }
 
     for (auto& v : variants) bench.time_block(v, opt.warmup);
@@ -269,10 +341,10 @@ int main(int argc, char** argv) {
       // The reference: "plain" for overhead, "ddp" for agreement, "no_overlap" for buckets.
       const Variant& ref = opt.mode == "buckets" ? variants.back() : variants.front();
       const int64_t params = parameter_count(*variants[0].model);
-      std::printf("{\n  \"mode\": \"%s\",\n  \"world_size\": %d,\n  \"hidden\": %s,\n"
+      std::printf("{\n  \"mode\": \"%s\",\n  \"device\": \"%s\",\n  \"world_size\": %d,\n  \"hidden\": %s,\n"
                   "  \"parameters\": %lld,\n  \"grad_mb\": %.3f,\n  \"batch\": %lld,\n"
                   "  \"rounds\": %d,\n  \"steps_per_block\": %d,\n  \"variants\": [\n",
-                  opt.mode.c_str(), comm.size(), hidden_string(opt.hidden).c_str(),
+                  opt.mode.c_str(), opt.device.c_str(), comm.size(), hidden_string(opt.hidden).c_str(),
                   static_cast<long long>(params), params * 4.0 / (1024.0 * 1024.0),
                   static_cast<long long>(kBatch), opt.rounds, opt.steps);
       const double base = median(ref.step_ms);

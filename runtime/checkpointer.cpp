@@ -15,6 +15,7 @@
 #include "checkpoint/format_reader.h"
 #include "collectives/agreement.h"
 #include "collectives/error.h"
+#include "runtime/cuda_seam.h"
 #include "runtime/state_io.h"
 #include "runtime/trainer.h"
 
@@ -258,7 +259,13 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   // A synchronous save keeps the training thread here until the commit: rank 0 may write
   // straight from the tensors. An async one needs the snapshot, in storage kept between saves.
   req.zero_copy = !cfg.checkpoint.async;
-  if (!snapshot_buffer_) snapshot_buffer_ = std::make_shared<ckpt::SnapshotBuffer>();
+  if (!snapshot_buffer_) {
+    snapshot_buffer_ = std::make_shared<ckpt::SnapshotBuffer>();
+    if (cfg.model.device == "cuda") {  // page-locked: device-to-host at full bandwidth
+      snapshot_buffer_->on_allocate = [](void* p, size_t n) { torch_pin_host_memory(p, n); };
+      snapshot_buffer_->on_release = [](void* p) { torch_unpin_host_memory(p); };
+    }
+  }
   req.buffer = snapshot_buffer_;
 
   auto pending = ckpt::snapshot_for_save(*save_comm_, std::move(req));

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <map>
+#include <sstream>
 #include <type_traits>
 
 #include <torch/torch.h>
@@ -37,6 +38,11 @@ ckpt::TensorSource source_of(std::string path, const torch::Tensor& t) {
   s.shape.assign(t.sizes().begin(), t.sizes().end());
   s.bytes = static_cast<size_t>(t.numel()) * t.element_size();
   torch::Tensor ref = t;
+  if (t.is_cuda()) {
+    // Into (pinned) host memory on a side stream: runtime/cuda_seam.h.
+    s.copy_to = [ref](void* dst) { torch_copy_cuda_to_host(ref.detach(), dst); };
+    return s;
+  }
   if (t.device().is_cpu() && t.is_contiguous() && !t.is_sparse()) s.host_data = t.data_ptr();
   s.copy_to = [ref](void* dst) {
     torch::Tensor host = ref.detach().to(torch::kCPU).contiguous();
@@ -51,7 +57,9 @@ template <typename Map>
 auto state_key(const Map&, const torch::Tensor& p) {
   using Key = typename Map::key_type;
   if constexpr (std::is_same_v<Key, std::string>) {
-    return c10::guts::to_string(p.unsafeGetTensorImpl());
+    std::ostringstream key;  // what 1.13's c10::guts::to_string does (gone in 2.x)
+    key << p.unsafeGetTensorImpl();
+    return key.str();
   } else {
     return static_cast<Key>(p.unsafeGetTensorImpl());
   }
