@@ -11,7 +11,7 @@ packages=(
   libopenmpi-dev openmpi-bin                  # MPI backend and mpirun
   libhdf5-dev                                 # checkpoint format
   libgtest-dev                                # tests
-  libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libxxhash-dev
+  libyaml-cpp-dev libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev
   python3-torch python3-h5py python3-numpy python3-matplotlib  # peers, interop, plots
   clang-14 libclang-rt-14-dev                 # libFuzzer + ASan/UBSan (ctest fuzz_smoke)
 )
