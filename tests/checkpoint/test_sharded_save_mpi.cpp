@@ -4,8 +4,9 @@
 // on rank 0 reaches every rank; the gather into a reused buffer.
 #include <gtest/gtest.h>
 
-#include <filesystem>
 #include <algorithm>
+#include <cstring>
+#include <filesystem>
 #include <random>
 
 #include "checkpoint/file_system.h"
