@@ -15,8 +15,8 @@
 // buckets: a larger MLP so that communication matters, one replica per variant:
 //   bucket_cap_mb 1, 25, 100 with overlap on, and "no overlap" (one bucket, reduced after
 //   backward). Ratios are against "no overlap".
-// agreement: the cost of the trainer's per-step preemption agreement (one 8-byte MPI
-//   all-reduce after the optimizer step, as Trainer::fit does) on the default config's model
+// agreement: the cost of the trainer's per-step preemption agreement (one 8-byte non-blocking
+//   MPI all-reduce started after each optimizer step and waited after the next, as Trainer::fit) on the default config's model
 //   (MLP 64 -> [512, 512] -> 10, batch 64, AdamW): DDP steps with it ("ddp_agreement") against
 //   the same steps without it ("ddp"). Skew between ranks that the agreement absorbs would
 //   otherwise be absorbed by the next gradient all-reduce, so the ratio is its marginal cost.
@@ -143,6 +143,9 @@ struct Variant {
   std::string name;
   bool use_engine = false;
   bool agreement = false;  // the trainer's per-step stop agreement after the step
+  int64_t stop_flag[2] = {0, 0};
+  int stop_slot = 0;
+  std::unique_ptr<ddp::Work> stop_work;
   ddp::DdpOptions ddp_options;
   std::shared_ptr<ddp::Model> model;
   std::unique_ptr<torch::optim::Optimizer> optimizer;
@@ -174,8 +177,13 @@ struct Bench {
     }
     v.optimizer->step();
     if (v.agreement) {
-      int64_t stop = 0;
-      comm.all_reduce(&stop, 1, ddp::DType::kInt64, ddp::ReduceOp::kMax);
+      // As Trainer::fit: wait for the agreement started after the previous step, start this
+      // step's (non-blocking; it completes during the next step's gradient all-reduces).
+      if (v.stop_work) v.stop_work->wait();
+      v.stop_flag[v.stop_slot] = 0;
+      v.stop_work = comm.all_reduce_async(&v.stop_flag[v.stop_slot], 1, ddp::DType::kInt64,
+                                          ddp::ReduceOp::kMax);
+      v.stop_slot ^= 1;
     }
   }
 
@@ -184,6 +192,10 @@ struct Bench {
     MPI_Barrier(MPI_COMM_WORLD);
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < steps; ++i) step(v);
+    if (v.stop_work) {  // the block ends with the trainer's loop: nothing left in flight
+      v.stop_work->wait();
+      v.stop_work.reset();
+    }
     ddp::torch_cuda_synchronize();  // GPU work is asynchronous (no-op on CPU)
     double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     MPI_Allreduce(MPI_IN_PLACE, &s, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);

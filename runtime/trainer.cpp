@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 
@@ -337,6 +338,34 @@ TrainResult Trainer::fit() {
   int64_t epochs_started = 0;
   bool preempted = false;
   double check_s = 0.0;
+  // The stop agreement is pipelined: after step k every rank starts a non-blocking MAX
+  // all-reduce of its "signal seen" flag and waits for it after step k + 1, so the all-reduce
+  // completes during step k + 1's communication instead of adding a synchronisation point.
+  // Every rank learns a signal after the same step (one step after it arrived).
+  auto stop_flag = std::make_unique<int64_t[]>(2);
+  int stop_slot = 0;
+  std::unique_ptr<Work> stop_work;
+  // When a step throws (a collective timed out, a rank died) the job is ending: abandon an
+  // agreement in flight (with the memory it writes to) instead of waiting out its timeout too.
+  struct AbandonOnThrow {
+    std::unique_ptr<Work>& work;
+    std::unique_ptr<int64_t[]>& flags;
+    const int uncaught = std::uncaught_exceptions();
+    ~AbandonOnThrow() {
+      if (std::uncaught_exceptions() > uncaught && work) {
+        (void)work.release();
+        (void)flags.release();
+      }
+    }
+  } abandon_on_throw{stop_work, stop_flag};
+  auto agreed_stop = [&]() {  // waits for the agreement in flight, if any
+    if (!stop_work) return false;
+    const double t0 = now_s();
+    stop_work->wait();
+    check_s += now_s() - t0;
+    stop_work.reset();
+    return stop_flag[stop_slot ^ 1] != 0;
+  };
   const double loop_start_s = now_s();
   bool done = total_steps_ >= 0 && state_.global_step >= total_steps_;
   while (!done) {
@@ -367,15 +396,19 @@ TrainResult Trainer::fit() {
         window_steps_ = 0;
         log_step(mean, val);
       }
-      // Preemption: a signal on any rank stops every rank after this same step. One 8-byte
-      // all-reduce per step (its cost is in docs/performance.md).
-      int64_t signalled = StopSignal::requested() ? 1 : 0;
-      const double check_start_s = now_s();
-      control_.all_reduce(&signalled, 1, DType::kInt64, ReduceOp::kMax);
-      check_s += now_s() - check_start_s;
-      if (signalled) preempted = true;
+      // Preemption: a signal on any rank stops every rank after the same step (the agreement
+      // started after the previous step; its cost is in docs/performance.md).
+      if (agreed_stop()) preempted = true;
       const bool stop = preempted ||
                         (stop_after_step_ >= 0 && state_.global_step >= stop_after_step_);
+      if (!stop && !last_step) {
+        const double t0 = now_s();
+        stop_flag[stop_slot] = StopSignal::requested() ? 1 : 0;
+        stop_work = control_.all_reduce_async(&stop_flag[stop_slot], 1, DType::kInt64,
+                                              ReduceOp::kMax);
+        stop_slot ^= 1;
+        check_s += now_s() - t0;
+      }
       const bool epoch_end = state_.batch_in_epoch >= micro_per_epoch_;
       if (epoch_end) {
         ++state_.epoch;
@@ -392,6 +425,9 @@ TrainResult Trainer::fit() {
       }
     }
   }
+  // Leaving by max_epochs with an agreement in flight: finish it (a signal that came during
+  // the last step still gets its save).
+  if (agreed_stop()) preempted = true;
   const double loop_s = now_s() - loop_start_s;
   if (preempted && config_.preemption.save && config_.checkpoint.enabled) {
     if (control_.rank() == 0) {
