@@ -73,10 +73,9 @@ RankState make_rank_state(int rank, int64_t step) {
   return r;
 }
 
-SaveResult save(std::vector<Tensor>& tensors, const std::string& path, int64_t step,
-                size_t chunk, bool zero_copy, std::shared_ptr<SnapshotBuffer> buffer) {
-  SaveRequest req;
-  req.meta = make_meta(step);
+// Sources over `tensors` (same order), readable in place, as the runtime makes them.
+std::vector<TensorSource> sources_of(std::vector<Tensor>& tensors) {
+  std::vector<TensorSource> out;
   for (auto& t : tensors) {
     TensorSource s;
     s.path = t.path;
@@ -98,8 +97,16 @@ SaveResult save(std::vector<Tensor>& tensors, const std::string& path, int64_t s
       s.host_data = owned->data();
       s.copy_to = [owned](void* dst) { std::memcpy(dst, owned->data(), owned->size()); };
     }
-    req.tensors.push_back(std::move(s));
+    out.push_back(std::move(s));
   }
+  return out;
+}
+
+SaveResult save(std::vector<Tensor>& tensors, const std::string& path, int64_t step,
+                size_t chunk, bool zero_copy, std::shared_ptr<SnapshotBuffer> buffer) {
+  SaveRequest req;
+  req.meta = make_meta(step);
+  req.tensors = sources_of(tensors);
   req.rank_state = make_rank_state(world().rank(), step);
   req.final_path = path;
   req.chunk_bytes = chunk;
@@ -171,20 +178,10 @@ TEST(ShardedSave, ZeroCopyWritesTheTensorsAsTheyAreAtFinish) {
   // between snapshot and finish shows in the file for rank 0's tensors (which is why only a
   // synchronous save may ask for it), and never for the snapshotted ones of other ranks.
   const std::string dir = test::temp_dir("sharded_zero_copy");
-  auto tensors = make_tensors(5);
+  auto tensors = make_tensors(5, false);
   SaveRequest req;
   req.meta = make_meta(1);
-  for (auto& t : tensors) {
-    TensorSource s;
-    s.path = t.path;
-    s.dtype = t.dtype;
-    s.shape = t.shape;
-    s.bytes = t.bytes.size();
-    const uint8_t* data = t.bytes.data();
-    s.copy_to = [data, n = t.bytes.size()](void* dst) { std::memcpy(dst, data, n); };
-    s.host_data = t.bytes.data();
-    req.tensors.push_back(std::move(s));
-  }
+  req.tensors = sources_of(tensors);
   const auto owner = assign_shares(req.tensors, world().size());
   req.rank_state = make_rank_state(world().rank(), 1);
   req.final_path = dir + "/a.h5";
