@@ -25,11 +25,14 @@
 //                               load_optimizer_state; time until every rank is done
 //                 raw_read      rank 0: sequential read of the same file in 4 MiB reads
 //                 (page cache dropped before each, where /proc/sys/vm/drop_caches is writable)
-//   stall rounds  sync          a Trainer with checkpoint.async=false: Checkpointer::save_now,
+//   stall rounds  each a save, then the next training step (forward/backward on a fixed batch,
+//                 Checkpointer::before_update, optimizer.step), timed too
+//                 sync          a Trainer with checkpoint.async=false: Checkpointer::save_now,
 //                               last_stall_s() (the whole save)
-//                 async         a Trainer with checkpoint.async=true: last_stall_s() (snapshot:
-//                               the time until training may continue); the background part is
-//                               waited for outside the figure
+//                 async         a Trainer with checkpoint.async=true: last_stall_s() (snapshot
+//                               plus the wait in before_update: all the training thread spent
+//                               blocked); the background part is waited for outside the figure
+//                 none          no save: the next step's time without one, for the slowdown
 // Before every timed variant: leftovers removed, sync(), barrier. Rank 0's memory during each
 // `ours` save: VmHWM after resetting it (/proc/self/clear_refs = 5; a 1 ms RSS sampler where that
 // is refused, and on the untimed first save as a cross-check),
@@ -78,6 +81,7 @@
 #include "collectives/mpi_communicator.h"
 #include "runtime/checkpointer.h"
 #include "runtime/config.h"
+#include "runtime/ddp_engine.h"
 #include "runtime/state_io.h"
 #include "runtime/trainer.h"
 
@@ -549,6 +553,7 @@ int main(int argc, char** argv) {
     out["features"] = opt.features;
     out["tensors"] = sources.size();
     out["state_bytes"] = state_bytes;
+    out["batch_size"] = trainer.config().trainer.batch_size;
     out["param_bytes"] = param_bytes;
     out["share_bytes"] = share;
     out["chunk_mb"] = opt.chunk_mb;
@@ -831,11 +836,28 @@ int main(int argc, char** argv) {
     }
 
     if (async_trainer) {
-      // Stall rounds: a synchronous save (whole) against an async one (snapshot only).
-      std::map<std::string, std::vector<double>> st;
+      // Stall rounds: a save, then the next training step as the training loop runs it
+      // (forward, backward with the DDP engine's bucketed all-reduce, then
+      // Checkpointer::before_update and optimizer.step) on a fixed batch.
+      // sync: the whole save; async: the snapshot plus the wait in before_update (its copy of
+      // the parameters and optimizer state runs during that forward/backward); none: no save.
+      std::map<std::string, std::vector<double>> st, step_s;
       std::vector<double> background;
-      const std::vector<std::string> variants{"sync", "async"};
+      const std::vector<std::string> variants{"sync", "async", "none"};
       const std::map<std::string, double> metrics;
+      const int64_t batch = trainer.config().trainer.batch_size;
+      auto next_step = [&](ddp::Trainer& tr) {  // what Trainer::train_step does
+        tr.engine().zero_grad();
+        torch::manual_seed(1234);
+        const torch::Tensor x = torch::randn({batch, opt.features});
+        const torch::Tensor y = torch::randint(0, 10, {batch});
+        const torch::Tensor loss = torch::nn::functional::cross_entropy(tr.model().forward(x), y);
+        tr.engine().prepare_backward(/*sync=*/true);
+        loss.backward();  // gradient buckets all-reduced as they fill
+        tr.engine().finish_backward();
+        tr.checkpointer()->before_update();
+        tr.optimizer().step();
+      };
       for (int r = 0; r < opt.rounds; ++r) {
         for (size_t k = 0; k < variants.size(); ++k) {
           const std::string& v = variants[(static_cast<size_t>(r) + k) % variants.size()];
@@ -843,23 +865,34 @@ int main(int argc, char** argv) {
           if (root) ::sync();
           comm.barrier();
           tr.state().global_step += 1;  // a new file name each time; retention removes old ones
-          tr.checkpointer()->save_now(metrics, /*wait=*/v == "sync");
-          const double stall = tr.checkpointer()->last_stall_s();
+          if (v != "none") tr.checkpointer()->save_now(metrics, /*wait=*/v == "sync");
+          const double t0 = now_s();
+          next_step(tr);
+          step_s[v].push_back(max_over_ranks(comm, now_s() - t0));
+          if (v == "none") continue;
+          const double stall = tr.checkpointer()->last_stall_s();  // after before_update
           if (v == "async") {
-            const double t0 = now_s();
+            const double t1 = now_s();
             tr.checkpointer()->wait();
-            background.push_back(max_over_ranks(comm, now_s() - t0));
+            background.push_back(max_over_ranks(comm, now_s() - t1));
           }
           st[v].push_back(max_over_ranks(comm, stall));
         }
-        progress(root, fmt::format("stall round {}/{}: sync save {:.3f} s, async stall {:.4f} s",
-                                   r + 1, opt.rounds, st["sync"].back(), st["async"].back()));
+        progress(root, fmt::format("stall round {}/{}: sync save {:.3f} s, async stall {:.4f} s, "
+                                   "next step {:.3f} / {:.3f} / {:.3f} s (none / async / sync)",
+                                   r + 1, opt.rounds, st["sync"].back(), st["async"].back(),
+                                   step_s["none"].back(), step_s["async"].back(),
+                                   step_s["sync"].back()));
       }
       if (root) {
         json s;
-        for (const auto& v : variants) s[v] = stats(st[v]);
+        for (const auto& v : {"sync", "async"}) s[v] = stats(st[v]);
+        for (const auto& v : variants) s["next_step_" + v] = stats(step_s[v]);
         s["async_background_after_stall"] = stats(background);
         s["stall_ratio_async_vs_sync"] = median(st["async"]) / median(st["sync"]);
+        // Stricter: the async save's whole cost to the training thread -- its stall plus how
+        // much slower the next step ran (CPU shared with the background copy and gather).
+        s["next_step_slowdown_async_s"] = median(step_s["async"]) - median(step_s["none"]);
         out["stall"] = s;
       }
     }

@@ -134,8 +134,13 @@ for tag, s in (("2 ranks", s2), ("1 rank", s1)):
         row(f"2'. save time vs torch.save, no fsync ({tag})", f"{med(s, 'ours'):.3f} s",
             f"{med(s, 'torch_nofsync'):.3f} s", f"{ratio:.2f}x", "(info)", None)
 ratio = st["stall_ratio_async_vs_sync"]
-row("3. async save stall vs sync save (Trainer, 2 ranks)", f"{med(st, 'async'):.3f} s",
+row("3. async save stall vs sync save (Trainer, 2 ranks)", f"{med(st, 'async'):.4f} s",
     f"{med(st, 'sync'):.3f} s", f"{ratio * 100:.1f}%", "<= 5%", ratio <= 0.05)
+if "next_step_slowdown_async_s" in st:
+    slow = st["next_step_slowdown_async_s"]
+    row("3'. async save: stall + slowdown of the next step vs sync save (2 ranks)",
+        f"{med(st, 'async') + slow:.4f} s", f"{med(st, 'sync'):.3f} s",
+        f"{(med(st, 'async') + slow) / med(st, 'sync') * 100:.1f}%", "(info)", None)
 for tag, n in (("2 ranks", np2), ("1 rank", np1)):
     m = n["save"]["rank0_memory"]
     row(f"4. rank 0 extra memory during a save ({tag}, chunk_mb {n['chunk_mb']:g})",
@@ -239,9 +244,17 @@ What is measured:
    a child of rank 0 kept alive between rounds), with `flush` + `os.fsync` (the fair comparison) and
    without (data left in the page cache; shown for information).
 3. Two `Trainer`s with the same model after one AdamW step, `checkpoint.async` true / false;
-   `Checkpointer::save_now` then `last_stall_s()` (slowest rank). Async: the time until the training
-   thread may continue (metadata + `snapshot_for_save`); sync: the whole save (with retention: keep_last_n=1, save_top_k=1 remove the previous file). The async save's
-   background part ({med(st, 'async_background_after_stall'):.3f} s median) is waited for outside the figure.
+   `Checkpointer::save_now`, then the next training step as the loop runs it (forward + backward
+   of a batch of {np2.get('batch_size', 4)}, `Checkpointer::before_update`, `optimizer.step`), then
+   `last_stall_s()` (slowest rank): every second the training thread spent blocked by the save.
+   Async: metadata + `snapshot_for_save` (buffers only) + the wait in `before_update` for the
+   copy of parameters and optimizer state, which runs during that forward/backward on the save's
+   thread (the training thread takes over what is left); sync: the whole save (with retention:
+   keep_last_n=1, save_top_k=1 remove the previous file). The async save's background part
+   ({med(st, 'async_background_after_stall'):.3f} s median) is waited for outside the figure.
+   3'. (stricter, info) adds how much slower that next step ran than one without a save
+   ({med(st, 'next_step_none'):.3f} s alone, {med(st, 'next_step_async'):.3f} s after an async
+   save): the background copy and gather share the CPU with it.
 4. Rank 0 during each **ours** save: peak RSS (VmHWM after resetting it through `/proc/self/clear_refs`,
    minus VmRSS just before; cross-checked on the untimed first save against a 1 ms RSS sampler:
    {mem2['cross_check_hwm'] / mb:.0f} MB by VmHWM, {mem2['cross_check_sampled'] / mb:.0f} MB sampled).
@@ -268,7 +281,7 @@ What is measured:
   other jobs compete for CPU and the disk. Alternation and medians make the ratios fair between
   variants, not the absolute times reproducible; see min/max in the raw JSON.
 - Two ranks on two cores: the background part of an async save competes with training for CPU
-  (not in figure 3, which is the stall only).
+  (not in figure 3, which is the stall only; figure 3' counts it for the next step).
 - The disk is whatever backs the build directory (a virtual disk here); fsync cost depends on it.
 - The page cache of the whole machine is dropped before each resume / raw read (cold reads);
   `BENCH_DROP_CACHES=0` avoids that on a machine shared with others (reads then hit the cache).

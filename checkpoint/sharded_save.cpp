@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -167,6 +168,68 @@ class RootWriter {
 
 }  // namespace
 
+// The copies a defer_copies snapshot left for later, cut into pieces that finish()'s thread and
+// the training thread (in complete_snapshot) take in turn, whoever comes first: the training
+// thread never waits idle for a copy it could be doing itself.
+// Thread-safety: add() before the PendingSave is handed out; run() from any threads.
+struct PendingSave::DeferredCopies {
+  struct Piece {
+    uint8_t* dst;
+    const uint8_t* src;
+    size_t bytes;
+  };
+  static constexpr size_t kPieceBytes = 4u << 20;  // small enough to share, big enough to stream
+
+  void add(uint8_t* dst, const void* src, size_t bytes, const TensorSource& owner) {
+    const auto* from = static_cast<const uint8_t*>(src);
+    for (size_t off = 0; off < bytes; off += kPieceBytes) {
+      pieces.push_back({dst + off, from + off, std::min(kPieceBytes, bytes - off)});
+    }
+    owners.push_back(owner);
+  }
+
+  // Copies pieces until none is left to take, then waits for those other threads are copying.
+  void run() {
+    size_t copied = 0;
+    double started = 0;
+    for (size_t i; (i = next.fetch_add(1)) < pieces.size();) {
+      if (copied == 0) started = now_s();
+      std::memcpy(pieces[i].dst, pieces[i].src, pieces[i].bytes);
+      ++copied;
+    }
+    std::unique_lock<std::mutex> lock(mu);
+    if (copied > 0) {
+      first_s = first_s == 0 ? started : std::min(first_s, started);
+      done += copied;
+      if (done == pieces.size()) {
+        last_s = now_s();
+        cv.notify_all();
+      }
+    }
+    cv.wait(lock, [&] { return done == pieces.size(); });
+  }
+
+  // Seconds from the first piece started to the last one done (on whichever threads).
+  double seconds() {
+    std::lock_guard<std::mutex> lock(mu);
+    return done == pieces.size() && !pieces.empty() ? last_s - first_s : 0.0;
+  }
+
+  // REQUIRES: run() has returned on some thread (every piece is copied).
+  void release_owners() {
+    std::lock_guard<std::mutex> lock(mu);
+    owners.clear();
+  }
+
+  std::vector<Piece> pieces;         // fixed once the PendingSave is handed out
+  std::vector<TensorSource> owners;  // keep the sources' memory alive until copied
+  std::atomic<size_t> next{0};       // next piece to take
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t done = 0;                   // pieces copied; guarded by mu
+  double first_s = 0, last_s = 0;    // guarded by mu
+};
+
 SnapshotBuffer::~SnapshotBuffer() { release(); }
 
 void SnapshotBuffer::release() {
@@ -209,6 +272,10 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
   auto in_place = [&](const TensorSource& t) {
     return root && request.zero_copy && t.host_data != nullptr;
   };
+  auto deferred_copy = [&](const TensorSource& t) {
+    return request.defer_copies && t.changes_only_at_update && t.host_data != nullptr;
+  };
+  auto deferred = std::make_shared<PendingSave::DeferredCopies>();
 
   size_t total = 0;
   for (size_t i = 0; i < request.tensors.size(); ++i) {
@@ -242,7 +309,11 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
       if (src.bytes) stream.push_back({static_cast<const uint8_t*>(src.host_data), src.bytes});
       segment_start = out.pos();
     } else {
-      if (src.bytes) src.copy_to(base + out.pos());
+      if (src.bytes && deferred_copy(src)) {
+        deferred->add(base + out.pos(), src.host_data, src.bytes, src);
+      } else if (src.bytes) {
+        src.copy_to(base + out.pos());
+      }
       pending->checksums_.push_back({slot, out.pos(), src.bytes});
       out.skip(src.bytes);
     }
@@ -273,14 +344,24 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
   pending->buffer_ = std::move(buffer);
   pending->base_ = base;
   pending->stream_bytes_ = total;
+  if (!deferred->pieces.empty()) pending->deferred_ = std::move(deferred);
   pending->snapshot_s_ = now_s() - t0;
   return pending;
 }
 
 PendingSave::~PendingSave() = default;
 
+void PendingSave::complete_snapshot() {
+  if (deferred_) deferred_->run();
+}
+
 SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
   const double t0 = now_s();
+  // The snapshot first: nothing below may read a share before its copies are done.
+  if (deferred_) {
+    deferred_->run();
+    deferred_->release_owners();
+  }
   const int world = comm.size();
   const bool root = comm.rank() == 0;
   const size_t chunk = std::max<size_t>(request_.chunk_bytes, 1);
@@ -357,6 +438,7 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
   result.file = request_.final_path;
   result.global_step = request_.meta.global_step;
   result.snapshot_s = snapshot_s_;
+  result.deferred_copy_s = deferred_ ? deferred_->seconds() : 0.0;
   result.write_s = now_s() - t0;
   return result;
 }

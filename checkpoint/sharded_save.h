@@ -5,7 +5,11 @@
 //    rank copies only its share to host memory (a SnapshotBuffer the caller keeps between
 //    saves, so the copy runs at memory speed) and adds its own RankState. This is the only
 //    phase the training loop must wait for. With `zero_copy` (a synchronous save) rank 0 does
-//    not copy its share at all: it writes straight from the tensors' host memory.
+//    not copy its share at all: it writes straight from the tensors' host memory. With
+//    `defer_copies` (an async save) the copies of tensors that change only at an optimizer
+//    update run on the save's thread while the next forward/backward runs (CheckFreq's
+//    pipelined snapshot); the training thread joins in, and waits for the rest, only in
+//    PendingSave::complete_snapshot() right before that update.
 // 2. Gather: shares travel to rank 0 through the Communicator in rounds of at most
 //    chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into two
 //    reused receive buffers, so rank 0 holds its own snapshot plus two chunks at a time,
@@ -48,6 +52,10 @@ struct TensorSource {
   // Non-null when the same bytes are readable in place (host memory, row-major): used by a
   // zero_copy save instead of copy_to.
   const void* host_data = nullptr;
+  // True when the tensor changes only at an optimizer update (parameters, optimizer state),
+  // not in forward (BatchNorm's running statistics do): with SaveRequest::defer_copies, and
+  // host_data set, its copy may run after snapshot_for_save has returned.
+  bool changes_only_at_update = false;
 };
 
 // Host memory for one rank's snapshot. Kept by the caller between saves: a fresh allocation
@@ -86,6 +94,12 @@ struct SaveRequest {
   // REQUIRES when true: those tensors stay unchanged until finish() returns (the caller waits
   // for the save: a synchronous save).
   bool zero_copy = false;
+  // Copies of sources with host_data and changes_only_at_update are left to
+  // PendingSave::complete_snapshot() (which finish() runs first, on the async save's thread):
+  // snapshot_for_save returns after the metadata and the other copies.
+  // REQUIRES when true: the caller calls complete_snapshot() before anything changes those
+  // tensors (the next optimizer update), and keeps them alive until then.
+  bool defer_copies = false;
   // Reused snapshot storage (null: a fresh one for this save).
   std::shared_ptr<SnapshotBuffer> buffer;
 };
@@ -94,7 +108,8 @@ struct SaveResult {
   std::string file;
   int64_t global_step = 0;
   uint64_t bytes = 0;
-  double snapshot_s = 0;  // phase 1 on this rank
+  double snapshot_s = 0;  // phase 1 on this rank (the part on the caller's thread)
+  double deferred_copy_s = 0;  // deferred copies, on whichever thread ran them (0: none)
   double write_s = 0;     // phases 2-4
 };
 
@@ -105,6 +120,14 @@ class PendingSave {
   // Runs phases 2-4. Collective over `comm`. Throws ddp::AgreedError (same on all ranks) if
   // the save failed anywhere.
   SaveResult finish(Communicator& comm, FileSystem& fs);
+
+  // Returns once every copy deferred by SaveRequest::defer_copies is done: copies the pieces
+  // not yet taken (in parallel with finish()'s thread, if it is running), then waits for the
+  // ones in progress there. Returns at once when nothing is left. Thread-safe: meant to be
+  // called from the training thread while finish() runs on another.
+  void complete_snapshot();
+
+  struct DeferredCopies;  // sharded_save.cpp
 
  private:
   friend std::unique_ptr<PendingSave> snapshot_for_save(Communicator&, SaveRequest);
@@ -120,6 +143,7 @@ class PendingSave {
   std::vector<Segment> stream_;            // records back to back (see sharded_save.cpp)
   std::vector<ChecksumSlot> checksums_;    // filled by finish() on ranks other than 0
   std::vector<TensorSource> keep_alive_;   // zero_copy: owners of the memory stream_ points to
+  std::shared_ptr<DeferredCopies> deferred_;  // defer_copies: the copies still to run
   uint8_t* base_ = nullptr;                // buffer_'s storage
   size_t stream_bytes_ = 0;
   double snapshot_s_ = 0;

@@ -1,7 +1,14 @@
 #include "runtime/checkpointer.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include <torch/torch.h>
@@ -16,6 +23,7 @@
 #include "collectives/agreement.h"
 #include "collectives/error.h"
 #include "runtime/cuda_seam.h"
+#include "runtime/fault_injection.h"
 #include "runtime/state_io.h"
 #include "runtime/trainer.h"
 
@@ -53,6 +61,25 @@ ckpt::CheckpointPolicyOptions policy_options(const CheckpointConfig& c, const st
   o.save_weights_only = c.save_weights_only;
   o.keep_last_n = c.keep_last_n;
   return o;
+}
+
+// Adds `nice` to the calling thread's niceness (Linux: per thread; threads it starts inherit
+// it). Training threads stay at theirs, so the save takes the CPU they leave idle. Failure only
+// costs speed: a warning.
+void lower_thread_priority(int nice, int rank) {
+  if (nice <= 0) return;
+#if defined(__linux__)
+  const auto tid = static_cast<id_t>(::syscall(SYS_gettid));
+  errno = 0;
+  const int current = ::getpriority(PRIO_PROCESS, tid);
+  if ((current == -1 && errno != 0) ||
+      ::setpriority(PRIO_PROCESS, tid, std::min(current + nice, 19)) != 0) {
+    std::fprintf(stderr, "ddp-train: warning: rank %d: setpriority for the async save: %s\n",
+                 rank, std::strerror(errno));
+  }
+#else
+  (void)rank;
+#endif
 }
 
 void log0(Communicator& comm, const std::string& line) {
@@ -141,6 +168,7 @@ std::string Checkpointer::choose(const std::string& mode) {
 }
 
 ResumeInfo Checkpointer::resume(const std::string& mode) {
+  wait();  // loading changes what an async save in flight may still be copying
   std::string chosen;
   run_agreed(control_, "resume: choosing a checkpoint", [&] {
     if (control_.rank() == 0) chosen = choose(mode);
@@ -259,6 +287,9 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   // A synchronous save keeps the training thread here until the commit: rank 0 may write
   // straight from the tensors. An async one needs the snapshot, in storage kept between saves.
   req.zero_copy = !cfg.checkpoint.async;
+  // An async one leaves the copies of parameters and optimizer state to the background thread
+  // and before_update(), which the Trainer calls before the next optimizer.step().
+  req.defer_copies = cfg.checkpoint.async;
   if (!snapshot_buffer_) {
     snapshot_buffer_ = std::make_shared<ckpt::SnapshotBuffer>();
     if (cfg.model.device == "cuda") {  // page-locked: device-to-host at full bandwidth
@@ -268,20 +299,23 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   }
   req.buffer = snapshot_buffer_;
 
-  auto pending = ckpt::snapshot_for_save(*save_comm_, std::move(req));
+  std::shared_ptr<ckpt::PendingSave> pending = ckpt::snapshot_for_save(*save_comm_, std::move(req));
   last_saved_step_ = st.global_step;
   last_save_time_s_ = now_s();
 
-  auto finish = [this, p = std::shared_ptr<ckpt::PendingSave>(std::move(pending)), dropped,
-                 file]() {
+  auto finish = [this, p = pending, dropped, file]() {
     p->finish(*save_comm_, *fs_);
     after_commit(dropped, file);
   };
   if (cfg.checkpoint.async) {
     in_flight_ = true;
     worker_error_ = nullptr;
-    worker_ = std::thread([this, finish] {
+    unsnapshotted_ = pending;
+    const int nice = static_cast<int>(cfg.checkpoint.async_nice);
+    worker_ = std::thread([this, finish, nice] {
       try {
+        lower_thread_priority(nice, save_comm_->rank());
+        maybe_delay_background_snapshot(save_comm_->rank());
         finish();
       } catch (...) {
         worker_error_ = std::current_exception();
@@ -323,8 +357,17 @@ void Checkpointer::after_commit(const std::vector<std::string>& dropped, const s
   }
 }
 
+void Checkpointer::before_update() {
+  if (!unsnapshotted_) return;
+  const double t0 = now_s();
+  unsnapshotted_->complete_snapshot();
+  unsnapshotted_.reset();
+  last_stall_s_ += now_s() - t0;
+}
+
 void Checkpointer::wait() {
   if (worker_.joinable()) worker_.join();
+  unsnapshotted_.reset();
   if (!in_flight_) return;
   in_flight_ = false;
   if (!worker_error_) return;

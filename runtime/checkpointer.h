@@ -6,6 +6,9 @@
 // same point of training.
 // Thread-safety: called from the training thread; an async save runs on one background
 // thread over its own duplicated communicator, at most one at a time.
+// An async save on CPU copies the parameters and optimizer state during the next
+// forward/backward: whoever changes them (the Trainer, before optimizer.step()) must call
+// before_update() first; wait(), resume() and the end of training do it too.
 #pragma once
 
 #include <cstdint>
@@ -56,10 +59,17 @@ class Checkpointer {
   void save_if_unsaved(const std::map<std::string, double>& metrics);
   // Waits for an async save in flight (no-op otherwise); rethrows its error per on_error.
   void wait();
+  // REQUIRES: called before parameters or optimizer state change (optimizer.step(), a load).
+  // Returns once an async save in flight has its copy of them (helping with the copy rather
+  // than waiting idle); at once when there is nothing left to copy. Its time counts in
+  // last_stall_s().
+  void before_update();
 
   const std::string& dirpath() const { return dirpath_; }
   const ResumeInfo& resume_info() const { return resume_info_; }
   int64_t saves_completed() const { return saves_completed_; }
+  // Training-thread seconds spent in the last save: the whole save when synchronous; for an
+  // async one, the snapshot plus the wait in before_update() (after that has been called).
   double last_stall_s() const { return last_stall_s_; }
 
  private:
@@ -80,6 +90,7 @@ class Checkpointer {
   double last_stall_s_ = 0;
 
   std::shared_ptr<ckpt::SnapshotBuffer> snapshot_buffer_;  // reused by every save
+  std::shared_ptr<ckpt::PendingSave> unsnapshotted_;  // async save with copies still to run
   std::thread worker_;
   std::exception_ptr worker_error_;
   bool in_flight_ = false;

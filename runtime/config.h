@@ -105,6 +105,9 @@ struct CheckpointConfig {
   bool save_weights_only = false;    // model only: no optimizer, position or RNG
   int64_t keep_last_n = 2;           // also keep the n newest (fallback if one is corrupt)
   bool async = false;                // gather + write on a background thread
+  // Niceness of the async save's threads (Linux, per thread): the save then runs on CPU the
+  // training loop leaves idle instead of slowing its steps (docs/performance-checkpoint.md).
+  int64_t async_nice = 10;
   double chunk_mb = 16.0;            // gather round size, MiB (rank 0 holds 2 rounds)
   std::string on_error = "stop";     // a failed save: stop (all ranks exit) | continue
   std::string resume = "none";       // auto | last | best | none | <path to .h5>

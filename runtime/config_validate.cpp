@@ -95,6 +95,7 @@ checkpoint:
   save_weights_only: false      # model only (no optimizer, data position or RNG state)
   keep_last_n: 2                # also keep the n newest checkpoints (-1: all)
   async: false                  # gather and write on a background thread while training goes on
+  async_nice: 10                # niceness of an async save's threads (Linux): they get the CPU training leaves idle; 0 = same as training
   chunk_mb: 16.0                # gather round size, MiB (rank 0 holds 2 rounds; smaller overlaps more)
   on_error: stop                # a failed save: stop (every rank exits) | continue (warn)
   resume: none                  # auto | last | best | none | <path to a .h5 checkpoint>
@@ -184,6 +185,7 @@ const std::vector<Field>& schema() {
       DDP_CONFIG_FIELD(checkpoint, save_weights_only),
       DDP_CONFIG_FIELD(checkpoint, keep_last_n),
       DDP_CONFIG_FIELD(checkpoint, async),
+      DDP_CONFIG_FIELD(checkpoint, async_nice),
       DDP_CONFIG_FIELD(checkpoint, chunk_mb),
       DDP_CONFIG_FIELD(checkpoint, on_error),
       DDP_CONFIG_FIELD(checkpoint, resume),
@@ -354,6 +356,10 @@ void validate_checkpoint(const CheckpointConfig& c) {
          "''");
   }
   positive("checkpoint.chunk_mb", c.chunk_mb);
+  if (c.async_nice < 0 || c.async_nice > 19) {
+    fail("checkpoint.async_nice", "in [0, 19] (a niceness added to the save's threads)",
+         std::to_string(c.async_nice));
+  }
   if (c.filename.empty() || c.filename.find('/') != std::string::npos) {
     fail("checkpoint.filename", "a non-empty name without '/'", quoted(c.filename));
   }

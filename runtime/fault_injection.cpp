@@ -20,4 +20,17 @@ void maybe_inject_stall(int rank, int64_t step) {
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 
+void maybe_delay_background_snapshot(int rank) {
+  const char* spec = std::getenv("DDP_FAULT_SLOW_SNAPSHOT");  // read each time: tests set it
+  if (!spec) return;
+  const double seconds = std::atof(spec);
+  if (seconds <= 0) return;
+  static bool logged = false;
+  if (!logged && rank == 0) {
+    std::fprintf(stderr, "ddp-train: [fault injection] async saves copy %.2f s late\n", seconds);
+    logged = true;
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+}
+
 }  // namespace ddp

@@ -3,6 +3,10 @@
 //
 //   DDP_FAULT_STALL="<rank>:<step>:<seconds>"  rank <rank> sleeps <seconds> before optimizer
 //                                              step <step>, as a hung or descheduled rank would.
+//   DDP_FAULT_SLOW_SNAPSHOT="<seconds>"          an async save's background thread sleeps
+//                                              <seconds> before its part of the snapshot copy,
+//                                              so the training thread reaches its next update
+//                                              first (Checkpointer::before_update must copy).
 #pragma once
 
 #include <cstdint>
@@ -10,5 +14,6 @@
 namespace ddp {
 
 void maybe_inject_stall(int rank, int64_t step);
+void maybe_delay_background_snapshot(int rank);
 
 }  // namespace ddp

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <map>
+#include <set>
 #include <sstream>
 #include <type_traits>
 
@@ -82,7 +83,12 @@ torch::Tensor entry_to_tensor(const ckpt::TensorEntry& e) {
 
 std::vector<ckpt::TensorSource> model_sources(const torch::nn::Module& model) {
   std::vector<ckpt::TensorSource> out;
-  for (const auto& [name, t] : named_state(model)) out.push_back(source_of("model/" + name, t));
+  std::set<std::string> parameters;  // change only at an update; buffers may change in forward
+  for (const auto& item : model.named_parameters()) parameters.insert(item.key());
+  for (const auto& [name, t] : named_state(model)) {
+    out.push_back(source_of("model/" + name, t));
+    out.back().changes_only_at_update = parameters.count(name) > 0;
+  }
   return out;
 }
 
@@ -114,6 +120,7 @@ std::vector<ckpt::TensorSource> optimizer_sources(torch::optim::Optimizer& optim
       throw Error(ErrorKind::kInternal, "unsupported optimizer state type");
     }
   }
+  for (auto& s : out) s.changes_only_at_update = true;  // optimizer.step() is what changes them
   return out;
 }
 

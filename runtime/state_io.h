@@ -5,6 +5,8 @@
 // momentum_buffer (SGD) or step, exp_avg, exp_avg_sq, max_exp_avg_sq (Adam, AdamW).
 //
 // Thread-safety: the TensorSources read live tensors; call copy_to before the next step.
+// Parameters and optimizer state are marked changes_only_at_update (an async save copies
+// them during the next forward/backward); buffers are not (BatchNorm updates them in forward).
 #pragma once
 
 #include <string>

@@ -248,6 +248,7 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
   if (config_.trainer.gradient_clip_val > 0 && !overflow) {
     torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.trainer.gradient_clip_val);
   }
+  checkpointer_->before_update();  // an async save may still be copying the parameters
   if (!overflow) optimizer_->step();
   if (scaler_) scaler_->update(overflow);
   *loss_out = loss_sum;

@@ -1,13 +1,15 @@
 // The sharded save under mpirun: every tensor and every rank's state arrives in the file
 // byte for byte, for any gather round size (records split at every possible boundary), with
 // and without rank 0's zero-copy path, with a snapshot buffer reused across saves; a failure
-// on rank 0 reaches every rank; the gather into a reused buffer.
+// on rank 0 reaches every rank; an async save's deferred copies; the gather into a reused
+// buffer.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <thread>
 
 #include "checkpoint/file_system.h"
 #include "checkpoint/format_reader.h"
@@ -198,6 +200,51 @@ TEST(ShardedSave, ZeroCopyWritesTheTensorsAsTheyAreAtFinish) {
     if (tensors[i].bytes.empty()) continue;
     const auto& want = owner[i] == 0 ? tensors[i].bytes : before[i].bytes;
     EXPECT_EQ(reader.read_tensor(tensors[i].path).data, want) << tensors[i].path;
+  }
+}
+
+TEST(ShardedSave, DeferredCopiesTakeTheTensorsAsTheyAreAtCompleteSnapshot) {
+  // The contract of defer_copies (an async save): tensors marked changes_only_at_update are
+  // copied after snapshot_for_save returns, by finish()'s thread and complete_snapshot()
+  // together; once complete_snapshot() returns, changing them no longer reaches the file.
+  // Tensors not so marked (buffers) are copied inside snapshot_for_save.
+  const std::string dir = test::temp_dir("sharded_deferred");
+  auto tensors = make_tensors(11, false);
+  Tensor huge{"model/huge", DType::kUInt8, {(9 << 20) + 3}, {}};  // several copy pieces
+  huge.bytes.resize(static_cast<size_t>(huge.shape[0]));
+  for (size_t i = 0; i < huge.bytes.size(); ++i) huge.bytes[i] = static_cast<uint8_t>(i * 31);
+  tensors.push_back(huge);
+  const std::string buffer_like = "model/a.bias";
+  SaveRequest req;
+  req.meta = make_meta(1);
+  req.tensors = sources_of(tensors);
+  for (auto& src : req.tensors) src.changes_only_at_update = src.path != buffer_like;
+  req.rank_state = make_rank_state(world().rank(), 1);
+  req.final_path = dir + "/a.h5";
+  req.chunk_bytes = 1u << 20;
+  req.defer_copies = true;
+  auto pending = snapshot_for_save(world(), std::move(req));
+  auto flip = [&] {
+    for (auto& t : tensors) {
+      for (auto& b : t.bytes) b = static_cast<uint8_t>(b ^ 0x5A);
+    }
+  };
+  const auto at_snapshot = tensors;
+  flip();  // after snapshot_for_save, before any deferred copy
+  const auto at_complete = tensors;
+  SaveResult result;
+  std::thread background([&] { result = pending->finish(world(), default_file_system()); });
+  pending->complete_snapshot();
+  flip();  // the next optimizer update
+  background.join();
+  if (world().rank() != 0) return;
+  EXPECT_GT(result.deferred_copy_s, 0.0);  // rank 0 owns model/huge
+  FileReader reader(dir + "/a.h5");
+  EXPECT_TRUE(reader.verified_file());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].bytes.empty()) continue;
+    const auto& want = tensors[i].path == buffer_like ? at_snapshot[i] : at_complete[i];
+    EXPECT_EQ(reader.read_tensor(tensors[i].path).data, want.bytes) << tensors[i].path;
   }
 }
 

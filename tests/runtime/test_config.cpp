@@ -131,6 +131,7 @@ void expect_same_fields(const Config& a, const Config& b) {
   EXPECT_EQ(a.checkpoint.save_weights_only, b.checkpoint.save_weights_only);
   EXPECT_EQ(a.checkpoint.keep_last_n, b.checkpoint.keep_last_n);
   EXPECT_EQ(a.checkpoint.async, b.checkpoint.async);
+  EXPECT_EQ(a.checkpoint.async_nice, b.checkpoint.async_nice);
   EXPECT_EQ(a.checkpoint.chunk_mb, b.checkpoint.chunk_mb);
   EXPECT_EQ(a.checkpoint.on_error, b.checkpoint.on_error);
   EXPECT_EQ(a.checkpoint.resume, b.checkpoint.resume);
@@ -443,6 +444,8 @@ TEST(Config, OutOfRangeValuesNameKeyValueAndRange) {
       {{"model.n_heads=0"}, "'model.n_heads': must be >= 1"},
       {{"model.d_ff=0"}, "'model.d_ff': must be >= 1"},
       {{"model.d_model=130"}, "'model.d_model': must be divisible by model.n_heads (4), got 130"},
+      {{"checkpoint.async_nice=20"}, "'checkpoint.async_nice': must be in [0, 19]"},
+      {{"checkpoint.async_nice=-1"}, "got -1"},
   };
   for (const auto& [overrides, expected] : cases) {
     const std::string message = override_error(overrides);
@@ -465,6 +468,8 @@ TEST(Config, BoundaryValuesThatAreAccepted) {
   EXPECT_NO_THROW(load_config("", {"scheduler.name=cosine", "trainer.max_steps=100"}));
   EXPECT_NO_THROW(load_config("", {"ddp.backend=nccl", "model.device=cuda"}));
   EXPECT_NO_THROW(load_config("", {"data.name=csv", "data.path=train.csv"}));
+  EXPECT_NO_THROW(load_config("", {"checkpoint.async_nice=0"}));
+  EXPECT_NO_THROW(load_config("", {"checkpoint.async_nice=19"}));
 }
 
 TEST(Config, RulesApplyToTheMergedConfig) {

@@ -1,13 +1,16 @@
 // Checkpoint + resume through the Trainer under mpirun: exact (bitwise) resume mid-epoch, with
 // sync and async saves; resume on a different world size; fallback from a corrupt newest
-// checkpoint; a failing save stops every rank together (or not, per on_error).
+// checkpoint; a failing save stops every rank together (or not, per on_error); async saves
+// taken while training goes on hold their own step's state.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include <torch/torch.h>
 
+#include "checkpoint/format_reader.h"
 #include "collectives/agreement.h"
 #include "collectives/error.h"
 #include "runtime/checkpointer.h"
@@ -153,6 +156,48 @@ TEST(Resume, CorruptNewestFallsBackToThePreviousGoodOne) {
   comm.barrier();
   Trainer resumed(make_config(root, "run", {"checkpoint.resume=auto"}), comm);
   EXPECT_EQ(resumed.state().global_step, 10);
+}
+
+TEST(Save, AsyncSavesMidTrainingHoldTheStateOfTheirStep) {
+  // An async save copies parameters and optimizer state during the next step. With its
+  // background copy held back (DDP_FAULT_SLOW_SNAPSHOT), the training thread reaches the next
+  // optimizer.step() first: Checkpointer::before_update() must do the copy there, or the file
+  // would hold a later step's state. Every file must equal the synchronous run's, bitwise.
+  auto& comm = world();
+  const std::string root = test::temp_dir("async_mid");
+  const std::vector<std::string> periodic{
+      "checkpoint.every_n_train_steps=5", "checkpoint.save_top_k=-1",
+      "checkpoint.keep_last_n=-1", "checkpoint.save_last=false", "optimizer.name=adamw"};
+  {
+    Trainer sync(make_config(root, "sync", periodic), comm);
+    sync.fit();
+  }
+  {
+    ::setenv("DDP_FAULT_SLOW_SNAPSHOT", "0.3", 1);
+    auto extra = periodic;
+    extra.push_back("checkpoint.async=true");
+    Trainer async(make_config(root, "async", extra), comm);
+    async.fit();
+    ::unsetenv("DDP_FAULT_SLOW_SNAPSHOT");
+    EXPECT_EQ(async.checkpointer()->saves_completed(), kTotalSteps / 5 - 1);
+  }
+  if (comm.rank() != 0) return;
+  int compared = 0;
+  for (const auto& e : fs::directory_iterator(root + "/sync/checkpoints")) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() != ".h5") continue;
+    const ckpt::Checkpoint a = ckpt::read_checkpoint(e.path().string());
+    const ckpt::Checkpoint b = ckpt::read_checkpoint(root + "/async/checkpoints/" + name);
+    EXPECT_EQ(a.meta.global_step, b.meta.global_step) << name;
+    ASSERT_EQ(a.tensors.size(), b.tensors.size()) << name;
+    for (size_t i = 0; i < a.tensors.size(); ++i) {
+      EXPECT_EQ(a.tensors[i].path, b.tensors[i].path) << name;
+      EXPECT_TRUE(a.tensors[i].data == b.tensors[i].data)
+          << name << ": " << a.tensors[i].path << " differs from the synchronous run's";
+    }
+    ++compared;
+  }
+  EXPECT_EQ(compared, kTotalSteps / 5 - 1);
 }
 
 TEST(Resume, ExplicitMissingPathFailsOnEveryRank) {
