@@ -270,7 +270,7 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
   const auto owner = assign_shares(request.tensors, comm.size());
   const bool root = comm.rank() == 0;
   auto in_place = [&](const TensorSource& t) {
-    return root && request.zero_copy && t.host_data != nullptr;
+    return request.zero_copy && t.host_data != nullptr;
   };
   auto deferred_copy = [&](const TensorSource& t) {
     return request.defer_copies && t.changes_only_at_update && t.host_data != nullptr;
@@ -305,6 +305,8 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
     out.put<uint64_t>(0);
     out.put<uint64_t>(src.bytes);
     if (in_place(src)) {
+      if (!root) pending->checksums_.push_back({slot, static_cast<const uint8_t*>(src.host_data),
+                                                src.bytes, stream.size()});
       stream.push_back({base + segment_start, out.pos() - segment_start});
       if (src.bytes) stream.push_back({static_cast<const uint8_t*>(src.host_data), src.bytes});
       segment_start = out.pos();
@@ -314,7 +316,7 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
       } else if (src.bytes) {
         src.copy_to(base + out.pos());
       }
-      pending->checksums_.push_back({slot, out.pos(), src.bytes});
+      if (!root) pending->checksums_.push_back({slot, base + out.pos(), src.bytes, stream.size()});
       out.skip(src.bytes);
     }
   }
@@ -337,13 +339,12 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
   // The sources reference live tensors; the pending save must not touch them again, except
   // through host_data under zero_copy: those sources stay alive until finish() is done (their
   // copy_to may own the memory host_data points into, e.g. a tensor made for the save).
-  if (!stream.empty() && root && request.zero_copy) pending->keep_alive_ = std::move(request.tensors);
+  if (!stream.empty() && request.zero_copy) pending->keep_alive_ = std::move(request.tensors);
   request.tensors.clear();
   request.buffer.reset();
   pending->request_ = std::move(request);
   pending->buffer_ = std::move(buffer);
   pending->base_ = base;
-  pending->stream_bytes_ = total;
   if (!deferred->pieces.empty()) pending->deferred_ = std::move(deferred);
   pending->snapshot_s_ = now_s() - t0;
   return pending;
@@ -374,33 +375,52 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
     RootWriter::Segments own;
     for (const Segment& s : stream_) own.emplace_back(s.data, s.bytes);
     writer = std::make_unique<RootWriter>(tmp, request_.meta, std::move(own), world);
-  } else {
-    // Checksums here, not in the snapshot: off the training thread for an async save.
-    for (const ChecksumSlot& c : checksums_) {
-      const uint64_t sum = checksum_bytes(base_ + c.data, c.bytes);
-      std::memcpy(base_ + c.slot, &sum, sizeof(sum));
-    }
   }
 
-  std::vector<int64_t> sizes(static_cast<size_t>(world));
-  const auto mine = static_cast<int64_t>(root ? 0 : stream_bytes_);
-  comm.all_gather(&mine, sizes.data(), 1, DType::kInt64);
+  // This rank's rounds (ranks other than 0): pieces of at most `chunk` bytes, each within one
+  // segment of stream_ (contiguous memory: the snapshot, or a tensor read in place).
+  struct Round {
+    const uint8_t* data;
+    size_t bytes;
+    size_t segment;
+  };
+  std::vector<Round> rounds;
+  if (!root) {
+    for (size_t seg = 0; seg < stream_.size(); ++seg) {
+      for (size_t off = 0; off < stream_[seg].bytes; off += chunk) {
+        rounds.push_back({stream_[seg].data + off, std::min(chunk, stream_[seg].bytes - off), seg});
+      }
+    }
+  }
+  std::vector<int64_t> counts(static_cast<size_t>(world));
+  const auto mine = static_cast<int64_t>(rounds.size());
+  comm.all_gather(&mine, counts.data(), 1, DType::kInt64);
   // One sender per round: rank 1's whole share, then rank 2's, ... so that the file is
   // written one tensor at a time and rank 0 receives one chunk per round (not one per rank).
-  // Ranks other than 0 hold their share in one segment (zero_copy applies to rank 0 only).
+  // A segment's checksums (of tensors whose header it holds) are computed just before its
+  // first round goes out: off the training thread for an async save, and for a synchronous
+  // one overlapped with rank 0 writing what it already has.
   // Rank 0 keeps taking part in every round even after a local failure, so that the
   // collective sequence stays the same on all ranks; the failure is agreed on at the end.
   int64_t k = 0;
+  size_t next_sum = 0;
   for (int sender = 1; sender < world; ++sender) {
-    for (size_t offset = 0; offset < static_cast<size_t>(sizes[sender]); offset += chunk, ++k) {
+    for (int64_t i = 0; i < counts[static_cast<size_t>(sender)]; ++i, ++k) {
       if (root) {
         GatherBuffer* buf = writer->acquire(k);
         comm.gather_bytes_into(nullptr, 0, 0, buf);
         writer->filled(k);
+      } else if (sender == comm.rank()) {
+        const Round& r = rounds[static_cast<size_t>(i)];
+        for (; next_sum < checksums_.size() && checksums_[next_sum].segment <= r.segment;
+             ++next_sum) {
+          const ChecksumSlot& c = checksums_[next_sum];
+          const uint64_t sum = checksum_bytes(c.data, c.bytes);
+          std::memcpy(base_ + c.slot, &sum, sizeof(sum));
+        }
+        comm.gather_bytes_into(r.data, r.bytes, 0, nullptr);
       } else {
-        const bool mine = sender == comm.rank();
-        const size_t n = mine ? std::min(chunk, stream_bytes_ - offset) : 0;
-        comm.gather_bytes_into(mine ? base_ + offset : nullptr, n, 0, nullptr);
+        comm.gather_bytes_into(nullptr, 0, 0, nullptr);
       }
     }
   }

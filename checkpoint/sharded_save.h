@@ -4,24 +4,27 @@
 //    about equal bytes by a deterministic assignment that every rank computes alike; each
 //    rank copies only its share to host memory (a SnapshotBuffer the caller keeps between
 //    saves, so the copy runs at memory speed) and adds its own RankState. This is the only
-//    phase the training loop must wait for. With `zero_copy` (a synchronous save) rank 0 does
-//    not copy its share at all: it writes straight from the tensors' host memory. With
+//    phase the training loop must wait for. With `zero_copy` (a synchronous save) no rank
+//    copies tensors that are readable in place: rank 0 writes, and the others send, straight
+//    from the tensors' host memory. With
 //    `defer_copies` (an async save) the copies of tensors that change only at an optimizer
 //    update run on the save's thread while the next forward/backward runs (CheckFreq's
 //    pipelined snapshot); the training thread joins in, and waits for the rest, only in
 //    PendingSave::complete_snapshot() right before that update.
 // 2. Gather: shares travel to rank 0 through the Communicator in rounds of at most
 //    chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into two
-//    reused receive buffers, so rank 0 holds its own snapshot plus two chunks at a time,
-//    never a second copy of the model.
+//    reused receive buffers, so rank 0 holds its own snapshot (none in a synchronous save)
+//    plus two chunks at a time, never a second copy of the model. A round never spans two
+//    pieces of memory (a tensor read in place is sent in rounds of its own).
 // 3. Write + commit (rank 0): a writer thread streams rank 0's share, then each received
 //    round, into the HDF5 file under a temporary name while the next round is received
 //    (transfer and write overlap); then the atomic commit (checkpoint/commit.h).
 // 4. Agreement: rank 0's outcome (success, or the error with its kind and message) is
 //    broadcast, so every rank returns or throws the same thing at the same point.
 //
-// Integrity: every rank but 0 checksums its share (xxh3 per tensor) before sending; rank 0's
-// writer verifies each received tensor against it and stores the checksum with the dataset.
+// Integrity: every rank but 0 checksums each tensor (xxh3) before sending its header; rank
+// 0's writer verifies each received tensor against it and stores the checksum with the
+// dataset.
 //
 // Thread-safety: a PendingSave may be finished on another thread than the one that
 // snapshotted it, provided its communicator is used by no other thread meanwhile. All HDF5
@@ -90,7 +93,8 @@ struct SaveRequest {
   std::string final_path;              // where the committed file will live (rank 0)
   bool update_latest = true;
   size_t chunk_bytes = 16u << 20;      // gather round size (one sender per round)
-  // Rank 0 writes its share from TensorSource::host_data (where set) instead of a snapshot.
+  // Every rank reads its share from TensorSource::host_data (where set) instead of a snapshot:
+  // rank 0 writes it, the others send it from there.
   // REQUIRES when true: those tensors stay unchanged until finish() returns (the caller waits
   // for the save: a synchronous save).
   bool zero_copy = false;
@@ -136,7 +140,10 @@ class PendingSave {
     size_t bytes;
   };
   struct ChecksumSlot {  // where a tensor record's checksum goes, and what it covers
-    size_t slot, data, bytes;  // offsets into the snapshot buffer; bytes
+    size_t slot;          // offset into the snapshot buffer
+    const uint8_t* data;  // the tensor's bytes: in the snapshot, or in place (zero_copy)
+    size_t bytes;
+    size_t segment;       // index of the stream_ segment that holds the slot
   };
   SaveRequest request_;
   std::shared_ptr<SnapshotBuffer> buffer_;
@@ -145,7 +152,6 @@ class PendingSave {
   std::vector<TensorSource> keep_alive_;   // zero_copy: owners of the memory stream_ points to
   std::shared_ptr<DeferredCopies> deferred_;  // defer_copies: the copies still to run
   uint8_t* base_ = nullptr;                // buffer_'s storage
-  size_t stream_bytes_ = 0;
   double snapshot_s_ = 0;
 };
 
