@@ -1,6 +1,6 @@
 #include "checkpoint/checkpoint_data.h"
 
-#include <xxhash.h>
+#include "checkpoint/xxh3.h"
 
 #include <fmt/format.h>
 

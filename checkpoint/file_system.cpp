@@ -4,7 +4,7 @@
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
+#include "checkpoint/xxh3.h"
 
 #include <algorithm>
 #include <cerrno>

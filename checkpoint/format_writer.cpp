@@ -1,6 +1,6 @@
 #include "checkpoint/format_writer.h"
 
-#include <xxhash.h>
+#include "checkpoint/xxh3.h"
 
 #include <algorithm>
 #include <future>

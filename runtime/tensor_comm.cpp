@@ -1,7 +1,7 @@
 #include "runtime/tensor_comm.h"
 
 #include <torch/torch.h>
-#include <xxhash.h>
+#include "checkpoint/xxh3.h"
 
 #include <fmt/format.h>
 
