@@ -311,9 +311,9 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
       if (src.bytes) stream.push_back({static_cast<const uint8_t*>(src.host_data), src.bytes});
       segment_start = out.pos();
     } else {
-      if (src.bytes && deferred_copy(src)) {
+      if (src.bytes > 0 && deferred_copy(src)) {
         deferred->add(base + out.pos(), src.host_data, src.bytes, src);
-      } else if (src.bytes) {
+      } else if (src.bytes > 0) {
         src.copy_to(base + out.pos());
       }
       if (!root) pending->checksums_.push_back({slot, base + out.pos(), src.bytes, stream.size()});

@@ -6,11 +6,10 @@
 //    saves, so the copy runs at memory speed) and adds its own RankState. This is the only
 //    phase the training loop must wait for. With `zero_copy` (a synchronous save) no rank
 //    copies tensors that are readable in place: rank 0 writes, and the others send, straight
-//    from the tensors' host memory. With
-//    `defer_copies` (an async save) the copies of tensors that change only at an optimizer
-//    update run on the save's thread while the next forward/backward runs (CheckFreq's
-//    pipelined snapshot); the training thread joins in, and waits for the rest, only in
-//    PendingSave::complete_snapshot() right before that update.
+//    from the tensors' host memory. With `defer_copies` (an async save) the copies of tensors
+//    that change only at an optimizer update run on the save's thread while the next
+//    forward/backward runs (CheckFreq's pipelined snapshot); the training thread joins in,
+//    and waits for the rest, only in PendingSave::complete_snapshot() before that update.
 // 2. Gather: shares travel to rank 0 through the Communicator in rounds of at most
 //    chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into two
 //    reused receive buffers, so rank 0 holds its own snapshot (none in a synchronous save)
@@ -148,7 +147,7 @@ class PendingSave {
   SaveRequest request_;
   std::shared_ptr<SnapshotBuffer> buffer_;
   std::vector<Segment> stream_;            // records back to back (see sharded_save.cpp)
-  std::vector<ChecksumSlot> checksums_;    // filled by finish() on ranks other than 0
+  std::vector<ChecksumSlot> checksums_;    // ranks other than 0; computed by finish()
   std::vector<TensorSource> keep_alive_;   // zero_copy: owners of the memory stream_ points to
   std::shared_ptr<DeferredCopies> deferred_;  // defer_copies: the copies still to run
   uint8_t* base_ = nullptr;                // buffer_'s storage

@@ -284,11 +284,11 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   req.rank_state.sampler_index = st.batch_in_epoch * cfg.trainer.batch_size;
   req.final_path = (fs::path(dirpath_) / file).string();
   req.chunk_bytes = static_cast<size_t>(cfg.checkpoint.chunk_mb * 1024 * 1024);
-  // A synchronous save keeps the training thread here until the commit: rank 0 may write
-  // straight from the tensors. An async one needs the snapshot, in storage kept between saves.
+  // A synchronous save keeps the training thread here until the commit: every rank may read
+  // straight from the tensors. An async one needs the snapshot, in storage kept between saves,
+  // and leaves the copies of parameters and optimizer state to the background thread and
+  // before_update(), which the Trainer calls before the next optimizer.step().
   req.zero_copy = !cfg.checkpoint.async;
-  // An async one leaves the copies of parameters and optimizer state to the background thread
-  // and before_update(), which the Trainer calls before the next optimizer.step().
   req.defer_copies = cfg.checkpoint.async;
   if (!snapshot_buffer_) {
     snapshot_buffer_ = std::make_shared<ckpt::SnapshotBuffer>();
