@@ -1,8 +1,5 @@
 #include "checkpoint/sharded_save.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -11,13 +8,12 @@
 #include <exception>
 #include <mutex>
 #include <numeric>
-#include <thread>
 
 #include <fmt/format.h>
 
 #include "checkpoint/commit.h"
 #include "checkpoint/file_system.h"
-#include "checkpoint/format_writer.h"
+#include "checkpoint/root_writer.h"
 #include "checkpoint/share_records.h"
 #include "collectives/agreement.h"
 #include "collectives/error.h"
@@ -29,142 +25,6 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
-
-// Asks the kernel to start writing the file's dirty pages to disk now, without waiting
-// (sync_file_range SYNC_FILE_RANGE_WRITE; RocksDB's bytes_per_sync): the disk works while the
-// next round is received, and the commit's fsync has less left to wait for. A hint only:
-// errors are ignored (durability still comes from that fsync).
-class EarlyWriteback {
- public:
-  explicit EarlyWriteback(const std::string& path) {
-#if defined(__linux__)
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-#else
-    (void)path;
-#endif
-  }
-  ~EarlyWriteback() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  EarlyWriteback(const EarlyWriteback&) = delete;
-  EarlyWriteback& operator=(const EarlyWriteback&) = delete;
-  void start() {
-#if defined(__linux__)
-    if (fd_ >= 0) (void)::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
-#endif
-    since_start_ = 0;
-  }
-  // `bytes` more were written: starts writeback every kEvery bytes.
-  void wrote(size_t bytes) {
-    since_start_ += bytes;
-    if (since_start_ >= kEvery) start();
-  }
-
- private:
-  static constexpr size_t kEvery = 8u << 20;
-  int fd_ = -1;
-  size_t since_start_ = 0;
-};
-
-// Rank 0's writer thread: creates the file, writes rank 0's own share, then every received
-// round in order (each holds a piece of one rank's share), then closes the file. The
-// gathering thread fills two GatherBuffers in turn;
-// round k's buffer is reused for round k + 2 only after the writer is done with it.
-// Every HDF5 call of the save happens on this thread. After a failure the thread stops
-// writing but keeps releasing buffers, so the gathering thread never blocks on it.
-class RootWriter {
- public:
-  using Segments = std::vector<std::pair<const uint8_t*, size_t>>;
-
-  RootWriter(std::string tmp, const CheckpointMeta& meta, Segments own, int world)
-      : tmp_(std::move(tmp)), meta_(meta), own_(std::move(own)), world_(world) {
-    thread_ = std::thread([this] { run(); });
-  }
-  ~RootWriter() { stop(); }
-
-  // The buffer to receive round k into; waits until the writer has released it.
-  GatherBuffer* acquire(int64_t k) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return done_ || k - consumed_ < 2; });
-    return &buffers_[k % 2];
-  }
-  // Round k is in its buffer.
-  void filled(int64_t k) {
-    std::lock_guard<std::mutex> lock(mu_);
-    filled_ = k + 1;
-    cv_.notify_all();
-  }
-  // No more rounds: waits for the writer to close the file. Returns its failure, if any.
-  std::exception_ptr finish() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      end_ = true;
-      cv_.notify_all();
-    }
-    if (thread_.joinable()) thread_.join();
-    return failure_;
-  }
-
- private:
-  void stop() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      abort_ = true;
-      cv_.notify_all();
-    }
-    if (thread_.joinable()) thread_.join();
-  }
-
-  void run() {
-    try {
-      FileWriter writer(tmp_, meta_);
-      EarlyWriteback writeback(tmp_);
-      RecordStream own(&writer, meta_.weights_only, 0);
-      for (const auto& [p, n] : own_) {
-        own.feed(p, n);
-        writeback.wrote(n);
-      }
-      own.check_complete();
-      std::vector<RecordStream> remote;
-      for (int r = 0; r < world_; ++r) remote.emplace_back(&writer, meta_.weights_only, r);
-      for (int64_t k = 0;; ++k) {
-        {
-          std::unique_lock<std::mutex> lock(mu_);
-          cv_.wait(lock, [&] { return abort_ || filled_ > k || end_; });
-          if (abort_) return;
-          if (filled_ <= k) break;  // end_ and every round written
-        }
-        const GatherBuffer& b = buffers_[k % 2];
-        for (int r = 1; r < world_; ++r) {
-          remote[r].feed(b.of(r), b.size[static_cast<size_t>(r)]);
-          writeback.wrote(b.size[static_cast<size_t>(r)]);
-        }
-        std::lock_guard<std::mutex> lock(mu_);
-        consumed_ = k + 1;
-        cv_.notify_all();
-      }
-      for (int r = 1; r < world_; ++r) remote[r].check_complete();
-      writer.close();
-    } catch (...) {
-      failure_ = std::current_exception();
-    }
-    std::lock_guard<std::mutex> lock(mu_);
-    done_ = true;
-    cv_.notify_all();
-  }
-
-  const std::string tmp_;
-  const CheckpointMeta& meta_;
-  const Segments own_;
-  const int world_;
-  GatherBuffer buffers_[2];
-  std::mutex mu_;
-  std::condition_variable cv_;
-  int64_t filled_ = 0, consumed_ = 0;  // rounds received / written
-  bool end_ = false, abort_ = false, done_ = false;
-  std::exception_ptr failure_;
-  std::thread thread_;
-};
 
 }  // namespace
 
@@ -306,7 +166,7 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
     out.put<uint64_t>(src.bytes);
     if (in_place(src)) {
       if (!root) pending->checksums_.push_back({slot, static_cast<const uint8_t*>(src.host_data),
-                                                src.bytes, stream.size()});
+                                                src.bytes});
       stream.push_back({base + segment_start, out.pos() - segment_start});
       if (src.bytes) stream.push_back({static_cast<const uint8_t*>(src.host_data), src.bytes});
       segment_start = out.pos();
@@ -316,7 +176,7 @@ std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest r
       } else if (src.bytes > 0) {
         src.copy_to(base + out.pos());
       }
-      if (!root) pending->checksums_.push_back({slot, base + out.pos(), src.bytes, stream.size()});
+      if (!root) pending->checksums_.push_back({slot, base + out.pos(), src.bytes});
       out.skip(src.bytes);
     }
   }
@@ -367,64 +227,98 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
   const bool root = comm.rank() == 0;
   const size_t chunk = std::max<size_t>(request_.chunk_bytes, 1);
 
-  // Rank 0 starts writing its own share at once, before waiting for anyone.
-  std::exception_ptr failure;
-  std::unique_ptr<RootWriter> writer;
-  const std::string tmp = root ? temp_path_for(request_.final_path) : std::string();
-  if (root) {
-    RootWriter::Segments own;
-    for (const Segment& s : stream_) own.emplace_back(s.data, s.bytes);
-    writer = std::make_unique<RootWriter>(tmp, request_.meta, std::move(own), world);
-  }
-
-  // This rank's rounds (ranks other than 0): pieces of at most `chunk` bytes, each within one
-  // segment of stream_ (contiguous memory: the snapshot, or a tensor read in place).
+  // This rank's rounds (ranks other than 0): each segment of stream_ (contiguous memory: the
+  // snapshot, or a tensor read in place) is cut into the fewest rounds of at most half a
+  // chunk, of equal size (a 16 MiB tensor as 2 x 8 MiB, a 9 MiB one as 2 x 4.5 MiB, not
+  // 8 + 1): rank 0's receive ring of two chunks then holds the next rounds, and the small
+  // ones between tensors, while the writer writes the last.
   struct Round {
     const uint8_t* data;
     size_t bytes;
-    size_t segment;
   };
   std::vector<Round> rounds;
+  std::vector<uint64_t> round_bytes;
   if (!root) {
-    for (size_t seg = 0; seg < stream_.size(); ++seg) {
-      for (size_t off = 0; off < stream_[seg].bytes; off += chunk) {
-        rounds.push_back({stream_[seg].data + off, std::min(chunk, stream_[seg].bytes - off), seg});
+    const size_t max_round = std::max<size_t>(chunk / 2, 1);
+    for (const Segment& seg : stream_) {
+      if (seg.bytes == 0) continue;
+      const size_t n = (seg.bytes + max_round - 1) / max_round;
+      const size_t piece = (seg.bytes + n - 1) / n;
+      for (size_t off = 0; off < seg.bytes; off += piece) {
+        rounds.push_back({seg.data + off, std::min(piece, seg.bytes - off)});
+        round_bytes.push_back(rounds.back().bytes);
       }
     }
   }
   std::vector<int64_t> counts(static_cast<size_t>(world));
   const auto mine = static_cast<int64_t>(rounds.size());
   comm.all_gather(&mine, counts.data(), 1, DType::kInt64);
+  // Rank 0 learns every round's size up front, to place each in its receive ring.
+  // Rank 0 keeps taking part in every round even after a local failure (here, in the writer
+  // or in the commit), so that the collective sequence stays the same on all ranks; the
+  // failure is agreed on at the end.
+  std::exception_ptr failure;
+  std::vector<size_t> all_round_bytes;
+  if (world > 1) {
+    auto sizes = comm.gather_bytes(round_bytes.data(), round_bytes.size() * sizeof(uint64_t), 0);
+    for (int r = 1; root && r < world; ++r) {
+      const auto& v = sizes[static_cast<size_t>(r)];
+      if (v.size() != static_cast<size_t>(counts[static_cast<size_t>(r)]) * sizeof(uint64_t)) {
+        failure = std::make_exception_ptr(Error(
+            ErrorKind::kInternal,
+            fmt::format("save: rank {} announced {} rounds but sent {} bytes of round sizes", r,
+                        counts[static_cast<size_t>(r)], v.size())));
+        break;
+      }
+      for (size_t i = 0; i < v.size(); i += sizeof(uint64_t)) {
+        uint64_t b;
+        std::memcpy(&b, v.data() + i, sizeof(b));
+        all_round_bytes.push_back(static_cast<size_t>(b));
+      }
+    }
+  }
+
+  // Rank 0 starts writing its own share at once, before waiting for anyone.
+  std::unique_ptr<RootWriter> writer;
+  GatherBuffer sink;  // rank 0 without a writer (it failed to start): rounds are dropped here
+  const std::string tmp = root ? temp_path_for(request_.final_path) : std::string();
+  if (root && !failure) {
+    RootWriter::Segments own;
+    for (const Segment& s : stream_) own.emplace_back(s.data, s.bytes);
+    try {
+      writer = std::make_unique<RootWriter>(tmp, request_.meta, std::move(own), world,
+                                            std::move(all_round_bytes), 2 * chunk);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+  }
+  // Ranks other than 0 checksum their tensors first (each checksum goes into its header,
+  // which is sent before the tensor): while rank 0 writes its own share, off the training
+  // thread in an async save, and out of the rounds' way (a round then costs one transfer).
+  if (!root) {
+    for (const ChecksumSlot& c : checksums_) {
+      const uint64_t sum = checksum_bytes(c.data, c.bytes);
+      std::memcpy(base_ + c.slot, &sum, sizeof(sum));
+    }
+  }
   // One sender per round: rank 1's whole share, then rank 2's, ... so that the file is
-  // written one tensor at a time and rank 0 receives one chunk per round (not one per rank).
-  // A segment's checksums (of tensors whose header it holds) are computed just before its
-  // first round goes out: off the training thread for an async save, and for a synchronous
-  // one overlapped with rank 0 writing what it already has.
-  // Rank 0 keeps taking part in every round even after a local failure, so that the
-  // collective sequence stays the same on all ranks; the failure is agreed on at the end.
+  // written one tensor at a time and rank 0 receives one piece per round (not one per rank).
   int64_t k = 0;
-  size_t next_sum = 0;
   for (int sender = 1; sender < world; ++sender) {
     for (int64_t i = 0; i < counts[static_cast<size_t>(sender)]; ++i, ++k) {
       if (root) {
-        GatherBuffer* buf = writer->acquire(k);
+        GatherBuffer* buf = writer ? writer->acquire(k) : &sink;
         comm.gather_bytes_into(nullptr, 0, 0, buf);
-        writer->filled(k);
+        if (writer) writer->filled(k);
       } else if (sender == comm.rank()) {
         const Round& r = rounds[static_cast<size_t>(i)];
-        for (; next_sum < checksums_.size() && checksums_[next_sum].segment <= r.segment;
-             ++next_sum) {
-          const ChecksumSlot& c = checksums_[next_sum];
-          const uint64_t sum = checksum_bytes(c.data, c.bytes);
-          std::memcpy(base_ + c.slot, &sum, sizeof(sum));
-        }
         comm.gather_bytes_into(r.data, r.bytes, 0, nullptr);
       } else {
         comm.gather_bytes_into(nullptr, 0, 0, nullptr);
       }
     }
   }
-  if (root) {
+  if (writer) {
     failure = writer->finish();
     writer.reset();
   }

@@ -11,19 +11,21 @@
 //    forward/backward runs (CheckFreq's pipelined snapshot); the training thread joins in,
 //    and waits for the rest, only in PendingSave::complete_snapshot() before that update.
 // 2. Gather: shares travel to rank 0 through the Communicator in rounds of at most
-//    chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into two
-//    reused receive buffers, so rank 0 holds its own snapshot (none in a synchronous save)
-//    plus two chunks at a time, never a second copy of the model. A round never spans two
-//    pieces of memory (a tensor read in place is sent in rounds of its own).
+//    chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into a
+//    receive ring of two chunks (checkpoint/root_writer.h), so rank 0 holds its own snapshot
+//    (none in a synchronous save) plus two chunks at a time, never a second copy of the
+//    model. A round never spans two pieces of memory (a tensor read in place is sent in
+//    rounds of its own, cut into equal parts).
 // 3. Write + commit (rank 0): a writer thread streams rank 0's share, then each received
 //    round, into the HDF5 file under a temporary name while the next round is received
 //    (transfer and write overlap); then the atomic commit (checkpoint/commit.h).
 // 4. Agreement: rank 0's outcome (success, or the error with its kind and message) is
 //    broadcast, so every rank returns or throws the same thing at the same point.
 //
-// Integrity: every rank but 0 checksums each tensor (xxh3) before sending its header; rank
-// 0's writer verifies each received tensor against it and stores the checksum with the
-// dataset.
+// Integrity: every rank but 0 checksums its tensors (xxh3) at the start of finish(), from the
+// memory it then sends; rank 0 stores those checksums with the datasets without hashing the
+// bytes again (every load and `ddp-checkpoint verify` checks them, so a transfer that changed
+// a byte is caught there), and hashes its own tensors while writing them.
 //
 // Thread-safety: a PendingSave may be finished on another thread than the one that
 // snapshotted it, provided its communicator is used by no other thread meanwhile. All HDF5
@@ -142,7 +144,6 @@ class PendingSave {
     size_t slot;          // offset into the snapshot buffer
     const uint8_t* data;  // the tensor's bytes: in the snapshot, or in place (zero_copy)
     size_t bytes;
-    size_t segment;       // index of the stream_ segment that holds the slot
   };
   SaveRequest request_;
   std::shared_ptr<SnapshotBuffer> buffer_;

@@ -2,15 +2,32 @@
 
 #include <cstring>
 
+#include <fmt/format.h>
+
+#include "collectives/error.h"
+
 namespace ddp {
 
 uint8_t* GatherBuffer::reserve(size_t bytes) {
   if (bytes > capacity_) {
-    data_.reset();  // free first: never hold the old and the new storage together
-    data_.reset(new uint8_t[bytes]);
+    if (external_) {
+      throw Error(ErrorKind::kInternal,
+                  fmt::format("GatherBuffer: {} bytes to receive into caller memory of {}",
+                              bytes, capacity_));
+    }
+    owned_.reset();  // free first: never hold the old and the new storage together
+    owned_.reset(new uint8_t[bytes]);
+    memory_ = owned_.get();
     capacity_ = bytes;
   }
-  return data_.get();
+  return memory_;
+}
+
+void GatherBuffer::use_memory(uint8_t* memory, size_t capacity) {
+  owned_.reset();
+  memory_ = memory;
+  capacity_ = capacity;
+  external_ = true;
 }
 
 std::vector<std::vector<uint8_t>> Communicator::gather_bytes(const void* data, size_t bytes,

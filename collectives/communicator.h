@@ -47,17 +47,24 @@ class Work {
 class GatherBuffer {
  public:
   // Makes room for `bytes` without initialising it; keeps the old storage when it is enough.
+  // On caller-owned memory (use_memory) it never allocates: more than that memory's capacity
+  // throws ddp::Error(kInternal).
   uint8_t* reserve(size_t bytes);
-  uint8_t* data() { return data_.get(); }
-  const uint8_t* data() const { return data_.get(); }
-  const uint8_t* of(int rank) const { return data_.get() + offset[static_cast<size_t>(rank)]; }
+  // From now on receives into [memory, memory + capacity), which the caller owns and keeps
+  // alive (a piece of a receive ring, say); frees storage of its own, if any.
+  void use_memory(uint8_t* memory, size_t capacity);
+  uint8_t* data() { return memory_; }
+  const uint8_t* data() const { return memory_; }
+  const uint8_t* of(int rank) const { return memory_ + offset[static_cast<size_t>(rank)]; }
   size_t capacity() const { return capacity_; }
 
   std::vector<size_t> offset, size;
 
  private:
-  std::unique_ptr<uint8_t[]> data_;
+  std::unique_ptr<uint8_t[]> owned_;
+  uint8_t* memory_ = nullptr;  // owned_, or the caller's memory
   size_t capacity_ = 0;
+  bool external_ = false;
 };
 
 class Communicator {

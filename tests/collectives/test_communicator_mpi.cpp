@@ -136,6 +136,26 @@ TEST(Communicator, GatherBytesVariableSizes) {
   }
 }
 
+TEST(Communicator, GatherIntoCallerMemoryNeverAllocates) {
+  // A GatherBuffer on caller memory (rank 0's receive ring) receives in place, and a round
+  // larger than that memory is an error, not a silent reallocation outside the ring.
+  auto& c = world();
+  std::vector<uint8_t> ring(64, 0xEE);
+  GatherBuffer view;
+  view.use_memory(ring.data() + 8, 16);
+  const std::vector<uint8_t> mine(c.rank() == c.size() - 1 ? 16 : 0, 0x5A);  // last rank sends
+  c.gather_bytes_into(mine.data(), mine.size(), 0, c.rank() == 0 ? &view : nullptr);
+  if (c.rank() == 0) {
+    EXPECT_EQ(view.data(), ring.data() + 8);
+    EXPECT_EQ(view.size[static_cast<size_t>(c.size() - 1)], 16u);
+    for (size_t i = 0; i < ring.size(); ++i) {
+      EXPECT_EQ(ring[i], i >= 8 && i < 24 ? 0x5A : 0xEE) << "ring byte " << i;
+    }
+    EXPECT_THROW(view.reserve(17), Error);
+    EXPECT_EQ(view.data(), ring.data() + 8);
+  }
+}
+
 TEST(Communicator, BarrierAndBroadcastString) {
   auto& c = world();
   c.barrier();
