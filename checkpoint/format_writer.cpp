@@ -231,7 +231,8 @@ void FileWriter::add_tensor(const std::string& path, DType dtype,
 }
 
 void FileWriter::begin_tensor(const std::string& path, DType dtype,
-                              const std::vector<int64_t>& shape, uint64_t expected_checksum) {
+                              const std::vector<int64_t>& shape, uint64_t expected_checksum,
+                              Checksum mode) {
   Impl& s = *impl_;
   if (s.closed) throw Error(ErrorKind::kInternal, fmt::format("'{}': writer is closed", s.ctx.file));
   if (s.open) {
@@ -257,9 +258,11 @@ void FileWriter::begin_tensor(const std::string& path, DType dtype,
     t->total *= static_cast<hsize_t>(d);
   }
   t->expected = expected_checksum;
-  t->hash.reset(XXH3_createState());
-  if (!t->hash) throw Error(ErrorKind::kInternal, "XXH3_createState failed (out of memory)");
-  XXH3_64bits_reset(t->hash.get());
+  if (expected_checksum == 0 || mode == Checksum::kVerify) {
+    t->hash.reset(XXH3_createState());
+    if (!t->hash) throw Error(ErrorKind::kInternal, "XXH3_createState failed (out of memory)");
+    XXH3_64bits_reset(t->hash.get());
+  }
 
   s.make_parents(path);
   H5SpaceHandle space(DDP_H5_CHECK(
@@ -291,11 +294,11 @@ void FileWriter::append_tensor_data(const void* data, size_t bytes) {
   // Large pieces are hashed on a helper thread while this one writes them (both only read
   // `data`): the checksum then costs no save time. The future joins on every exit path.
   std::future<void> hashing;
-  XXH3_state_t* state = t.hash.get();
-  if (bytes >= kParallelHashBytes) {
+  XXH3_state_t* state = t.hash.get();  // null: the expected checksum is stored, not verified
+  if (state && bytes >= kParallelHashBytes) {
     hashing = std::async(std::launch::async,
                          [state, data, bytes] { XXH3_64bits_update(state, data, bytes); });
-  } else {
+  } else if (state) {
     XXH3_64bits_update(state, data, bytes);
   }
   const char* p = static_cast<const char*>(data);
@@ -326,7 +329,7 @@ uint64_t FileWriter::end_tensor() {
                             shape_text(t->shape), dtype_name(t->dtype), t->total * t->elem,
                             t->written * t->elem + t->carry.size()));
   }
-  const uint64_t digest = XXH3_64bits_digest(t->hash.get());
+  const uint64_t digest = t->hash ? XXH3_64bits_digest(t->hash.get()) : t->expected;
   if (t->expected != 0 && t->expected != digest) {
     throw Error(ErrorKind::kInternal,
                 fmt::format("tensor \"{}\": the bytes being written hash to {}, but were "

@@ -41,11 +41,19 @@ class FileWriter {
   void add_tensor(const std::string& path, DType dtype, const std::vector<int64_t>& shape,
                   const void* data, size_t bytes, uint64_t expected_checksum = 0);
 
+  // What begin_tensor does with a nonzero expected checksum.
+  enum class Checksum {
+    kVerify,  // hash the bytes written; end_tensor throws kInternal on a mismatch
+    kStore,   // record it as the dataset's checksum without hashing: whoever computed it
+              // hashed the same bytes at their source (another rank's share); every reader
+              // checks it, so a transfer that changed them is caught at the next load or verify
+  };
+
   // Streaming: the bytes of one tensor, row-major, in order, in pieces of any size.
   // REQUIRES: no other tensor is open. end_tensor() checks the byte count and the checksum
-  // (as add_tensor) and returns the xxh3 of the bytes.
+  // (as add_tensor, or per `mode`) and returns the dataset's checksum: the xxh3 of the bytes.
   void begin_tensor(const std::string& path, DType dtype, const std::vector<int64_t>& shape,
-                    uint64_t expected_checksum = 0);
+                    uint64_t expected_checksum = 0, Checksum mode = Checksum::kVerify);
   void append_tensor_data(const void* data, size_t bytes);
   uint64_t end_tensor();
 

@@ -130,8 +130,13 @@ void RecordStream::begin_tensor(uint64_t payload) {
   for (uint32_t i = 0; i < ndim; ++i) shape.push_back(in.get<int64_t>());
   const auto checksum = in.get<uint64_t>();
   in.expect_end();
+  // Another rank hashed the tensor at its source just before sending it: rank 0 stores that
+  // checksum instead of hashing the bytes a second time on the save's critical path (every
+  // load verifies it). Rank 0's own tensors arrive without one and are hashed as written.
   writer_->begin_tensor(std::string(path.begin(), path.end()), static_cast<DType>(dtype),
-                        shape, checksum);
+                        shape, checksum,
+                        source_rank_ == 0 ? FileWriter::Checksum::kVerify
+                                          : FileWriter::Checksum::kStore);
   payload_left_ = payload;
   pending_.clear();
   state_ = kPayload;

@@ -255,6 +255,42 @@ TEST(CheckpointFormat, FlippedDataByteIsCorruption) {
   EXPECT_TRUE(verify_file(dir + "/good.h5").verified_file);
 }
 
+TEST(CheckpointFormat, StoredChecksumIsKeptAndStillVerifiedOnLoad) {
+  // Checksum::kStore (rank 0 writing another rank's tensor): the sender's checksum becomes the
+  // dataset's without rank 0 hashing the bytes; a transfer that changed them is then caught by
+  // every reader, naming the dataset.
+  const std::string dir = ddp::test::temp_dir("ckpt-stored-sum");
+  const std::vector<uint8_t> sent = {1, 2, 3, 4, 5, 6, 7, 8};
+  std::vector<uint8_t> arrived = sent;
+  arrived[3] ^= 0x40;
+  const uint64_t sum = checksum_bytes(sent.data(), sent.size());
+  for (const bool changed : {false, true}) {
+    const std::string path = dir + (changed ? "/changed.h5" : "/same.h5");
+    {
+      FileWriter w(path, sample_checkpoint().meta);
+      w.begin_tensor("model/w", DType::kUInt8, {8}, sum, FileWriter::Checksum::kStore);
+      w.append_tensor_data(changed ? arrived.data() : sent.data(), 4);
+      w.append_tensor_data((changed ? arrived.data() : sent.data()) + 4, 4);
+      EXPECT_EQ(w.end_tensor(), sum);
+      w.close();
+    }
+    const VerifyResult v = verify_file(path);
+    if (!changed) {
+      EXPECT_TRUE(v.ok());
+      EXPECT_EQ(FileReader(path).read_tensor("model/w").data, sent);
+      continue;
+    }
+    ASSERT_FALSE(v.ok());
+    EXPECT_EQ(v.error->kind(), ErrorKind::kCorruption);
+    EXPECT_NE(std::string(v.error->what()).find("/model/w"), std::string::npos) << v.error->what();
+  }
+  // The default (kVerify) still refuses bytes that do not match at write time.
+  FileWriter w(dir + "/verify.h5", sample_checkpoint().meta);
+  w.begin_tensor("model/w", DType::kUInt8, {8}, sum);
+  w.append_tensor_data(arrived.data(), arrived.size());
+  expect_error([&] { w.end_tensor(); }, ErrorKind::kInternal, "memory corruption");
+}
+
 TEST(CheckpointFormat, AnyFlippedByteOrTruncationIsDetectedWithSidecar) {
   const std::string dir = ddp::test::temp_dir("ckpt-fuzz");
   test::save_checkpoint(dir, "good.h5", sample_checkpoint());
