@@ -10,8 +10,8 @@
 //    that change only at an optimizer update run on the save's thread while the next
 //    forward/backward runs (CheckFreq's pipelined snapshot); the training thread joins in,
 //    and waits for the rest, only in PendingSave::complete_snapshot() before that update.
-// 2. Gather: shares travel to rank 0 through the Communicator in rounds of at most
-//    chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into a
+// 2. Gather: shares travel to rank 0 through the Communicator in rounds of at most half
+//    of chunk_bytes, one sending rank per round (rank 1's share, then rank 2's, ...), into a
 //    receive ring of two chunks (checkpoint/root_writer.h), so rank 0 holds its own snapshot
 //    (none in a synchronous save) plus two chunks at a time, never a second copy of the
 //    model. A round never spans two pieces of memory (a tensor read in place is sent in
@@ -93,7 +93,7 @@ struct SaveRequest {
   RankState rank_state;                // this rank's own state
   std::string final_path;              // where the committed file will live (rank 0)
   bool update_latest = true;
-  size_t chunk_bytes = 16u << 20;      // gather round size (one sender per round)
+  size_t chunk_bytes = 16u << 20;      // rank 0 receive ring = 2 chunks; rounds <= chunk / 2
   // Every rank reads its share from TensorSource::host_data (where set) instead of a snapshot:
   // rank 0 writes it, the others send it from there.
   // REQUIRES when true: those tensors stay unchanged until finish() returns (the caller waits

@@ -108,7 +108,7 @@ struct CheckpointConfig {
   // Niceness of the async save's threads (Linux, per thread): the save then runs on CPU the
   // training loop leaves idle instead of slowing its steps (docs/performance-checkpoint.md).
   int64_t async_nice = 10;
-  double chunk_mb = 16.0;            // gather round size, MiB (rank 0 holds 2 rounds)
+  double chunk_mb = 16.0;            // save gather, MiB: rank 0 receive ring of 2 chunks (rounds <= 1/2)
   std::string on_error = "stop";     // a failed save: stop (all ranks exit) | continue
   std::string resume = "none";       // auto | last | best | none | <path to .h5>
 };

@@ -96,7 +96,7 @@ checkpoint:
   keep_last_n: 2                # also keep the n newest checkpoints (-1: all)
   async: false                  # gather and write on a background thread while training goes on
   async_nice: 10                # niceness of an async save's threads (Linux): they get the CPU training leaves idle; 0 = same as training
-  chunk_mb: 16.0                # gather round size, MiB (rank 0 holds 2 rounds; smaller overlaps more)
+  chunk_mb: 16.0                # MiB; rank 0 gathers a save into a ring of 2 chunks
   on_error: stop                # a failed save: stop (every rank exits) | continue (warn)
   resume: none                  # auto | last | best | none | <path to a .h5 checkpoint>
 preemption:
