@@ -49,9 +49,6 @@ class RootWriter {
   // No more rounds: waits for the writer to close the file. Returns its failure, if any.
   std::exception_ptr finish();
 
-  // Bytes of the ring (for reports and tests): at most ring_bytes, less for a small share.
-  size_t ring_capacity() const { return ring_bytes_; }
-
  private:
   void run();
   bool overlaps_unconsumed(int64_t k) const;  // REQUIRES: mu_ held
