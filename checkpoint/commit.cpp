@@ -53,7 +53,7 @@ void write_file_atomically(FileSystem& fs, const std::string& path, const std::s
 
 CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
                              const std::string& final_path, int64_t global_step,
-                             bool update_latest) {
+                             bool update_latest, const BlockDigests* known) {
   const std::string dir = parent_dir(final_path);
   if (parent_dir(tmp_path) != dir || tmp_path == final_path) {
     throw Error(ErrorKind::kInternal,
@@ -71,8 +71,10 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
   bool sidecar_written = false;
   try {
     // The hash reads the page cache (CPU) while fsync waits for the disk: overlap them.
-    std::future<FileHash> hashing =
-        std::async(std::launch::async, [&fs, &tmp_path] { return fs.hash_file(tmp_path); });
+    // With the writer's block digests it reads back only HDF5's metadata blocks.
+    std::future<FileHash> hashing = std::async(std::launch::async, [&fs, &tmp_path, known] {
+      return fs.hash_file(tmp_path, kFileChecksumAlgorithm, known);
+    });
     try {
       fs.fsync_file(tmp_path);
     } catch (...) {
@@ -81,16 +83,18 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
     }
     const FileHash hash = hashing.get();
     info.bytes = hash.bytes;
-    info.checksum = hash.xxh3;
-    sidecar.current = FileDigest{hash.bytes, hash.xxh3, global_step};
+    info.checksum = hash.checksum;
+    info.algorithm = hash.algorithm;
+    sidecar.current = FileDigest{hash.bytes, hash.checksum, hash.algorithm, global_step};
     if (fs.exists(final_path)) {
       // Reusing a name ("last.h5"): keep the old content verifiable until the rename is durable.
       try {
         if (auto old = read_sidecar(fs, final_path)) {
           // After an interrupted commit of this name the old sidecar has two entries; only a
           // hash tells which one the file holds (rare: recovery only).
-          const FileDigest* entry = old->replaces ? old->matching(fs.hash_file(final_path))
-                                                  : old->entry_for_size(fs.file_size(final_path));
+          const uint64_t size = fs.file_size(final_path);
+          const FileDigest* entry = old->replaces ? find_matching_entry(fs, *old, final_path, size)
+                                                  : old->entry_for_size(size);
           if (entry) {
             sidecar.replaces = *entry;
             replacing = true;
@@ -118,19 +122,21 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
     write_file_atomically(fs, info.sidecar_path, sidecar_to_json(sidecar));
   }
   if (update_latest) {
-    write_latest(fs, dir, base_name(final_path), global_step, info.bytes, info.checksum);
+    write_latest(fs, dir, base_name(final_path), global_step, info.bytes, info.checksum,
+                 info.algorithm);
     info.latest_updated = true;
   }
   return info;
 }
 
 void write_latest(FileSystem& fs, const std::string& dir, const std::string& file,
-                  int64_t global_step, uint64_t bytes, uint64_t checksum) {
+                  int64_t global_step, uint64_t bytes, uint64_t checksum,
+                  FileChecksumAlgorithm algorithm) {
   const nlohmann::json j = {
       {"file", file},
       {"global_step", global_step},
       {"bytes", bytes},
-      {"checksum", {{"algorithm", kChecksumAlgorithm}, {"value", hex64(checksum)}}}};
+      {"checksum", {{"algorithm", algorithm_name(algorithm)}, {"value", hex64(checksum)}}}};
   write_file_atomically(fs, join_path(dir, kLatestFileName), j.dump(2) + "\n");
 }
 
@@ -164,11 +170,14 @@ std::optional<LatestPointer> read_latest(FileSystem& fs, const std::string& dir,
     return unusable("no unsigned integer 'bytes'");
   p.bytes = j["bytes"].get<uint64_t>();
   const auto& c = j.contains("checksum") ? j["checksum"] : nlohmann::json();
-  if (!c.is_object() || !c.contains("algorithm") || c["algorithm"] != kChecksumAlgorithm ||
-      !c.contains("value") || !c["value"].is_string() ||
+  std::optional<FileChecksumAlgorithm> algorithm;
+  if (c.is_object() && c.contains("algorithm") && c["algorithm"].is_string())
+    algorithm = parse_algorithm(c["algorithm"].get<std::string>());
+  if (!algorithm || !c.contains("value") || !c["value"].is_string() ||
       !parse_hex64(c["value"].get<std::string>(), &p.checksum))
-    return unusable(fmt::format("'checksum' must be {{\"algorithm\": \"{}\", \"value\": <hex>}}",
-                                kChecksumAlgorithm));
+    return unusable(fmt::format("'checksum' must be {{\"algorithm\": {}, \"value\": <hex>}}",
+                                known_algorithm_names()));
+  p.algorithm = *algorithm;
   p.path = join_path(dir, p.file);
   if (!fs.exists(p.path))
     return unusable(fmt::format("it names '{}', which does not exist", p.file));
@@ -191,6 +200,7 @@ std::vector<CheckpointInfo> list_checkpoints(FileSystem& fs, const std::string& 
         info.global_step = d->global_step;
         info.recorded_bytes = d->bytes;
         info.checksum = d->checksum;
+        info.algorithm = d->algorithm;
       }
     } catch (const Error& e) {
       if (e.kind() != ErrorKind::kCorruption) throw;

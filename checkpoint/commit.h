@@ -26,13 +26,16 @@ struct CommitInfo {
   std::string path;          // final path of the checkpoint
   std::string sidecar_path;  // <path>.sum
   uint64_t bytes = 0;
-  uint64_t checksum = 0;     // xxh3_64 of the whole file
+  uint64_t checksum = 0;     // of the whole file, by `algorithm`
+  FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm;
   int64_t global_step = 0;
   bool latest_updated = false;
 };
 
 // Publishes the closed HDF5 file `tmp_path` as `final_path` (same directory):
-//   1. fsync tmp, and concurrently 2. size + xxh3 of tmp (fs must allow that: FileSystem);
+//   1. fsync tmp, and concurrently 2. size + checksum of tmp (fs must allow that: FileSystem),
+//      reading only the blocks whose digests `known` lacks (null: all; the writer's, e.g.
+//      FileWriter::block_digests(), REQUIRES: digests of tmp's bytes as they are now);
 //   3. write <final>.sum atomically (temp, fsync, rename, fsync dir);
 //   4. rename tmp -> final;  5. fsync the directory;
 //   6. if final existed before: rewrite the sidecar without its "replaces" entry (sidecar.h);
@@ -42,13 +45,13 @@ struct CommitInfo {
 // new checkpoint is committed even though the call throws.
 CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
                              const std::string& final_path, int64_t global_step,
-                             bool update_latest);
+                             bool update_latest, const BlockDigests* known = nullptr);
 
 // Writes `data` to `path` atomically: temp_path_for(path), fsync, rename, fsync the directory.
 void write_file_atomically(FileSystem& fs, const std::string& path, const std::string& data);
 
 // latest.json: {"file": "<basename>", "global_step": S, "bytes": N,
-//               "checksum": {"algorithm": "xxh3_64", "value": "<16 hex>"}}
+//               "checksum": {"algorithm": "xxh3_64_b64k", "value": "<16 hex>"}}
 // bytes/checksum describe the file when the pointer was written; the file's sidecar is the
 // authority when verifying it (they differ only if the name was later reused and re-committed
 // without update_latest, or during such a commit).
@@ -58,11 +61,13 @@ struct LatestPointer {
   int64_t global_step = 0;
   uint64_t bytes = 0;
   uint64_t checksum = 0;
+  FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm;
 };
 
 // Replaces <dir>/latest.json atomically with a pointer to `file` (a basename in `dir`).
 void write_latest(FileSystem& fs, const std::string& dir, const std::string& file,
-                  int64_t global_step, uint64_t bytes, uint64_t checksum);
+                  int64_t global_step, uint64_t bytes, uint64_t checksum,
+                  FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm);
 
 // The pointer in <dir>/latest.json. nullopt when there is none (warning left empty), or when it
 // is unusable -- not JSON, fields missing or mistyped, a path instead of a basename, or naming a
@@ -80,6 +85,7 @@ struct CheckpointInfo {
   uint64_t bytes = 0;          // size on disk now
   uint64_t recorded_bytes = 0; // from the sidecar (0 without one)
   uint64_t checksum = 0;       // from the sidecar (0 without one)
+  FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm;  // of `checksum`
 };
 
 // Every "*.h5" in `dir` that is not a temporary, newest global_step first (ties by name);

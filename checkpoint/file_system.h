@@ -20,11 +20,14 @@
 #include <utility>
 #include <vector>
 
+#include "checkpoint/file_checksum.h"
+
 namespace ddp::ckpt {
 
 struct FileHash {
   uint64_t bytes = 0;
-  uint64_t xxh3 = 0;  // xxh3_64 of the whole content
+  uint64_t checksum = 0;  // of the whole content, by `algorithm` (file_checksum.h)
+  FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm;
 };
 
 class FileSystem {
@@ -47,8 +50,11 @@ class FileSystem {
   // Entry names (not paths) of `dir`, sorted, without "." and "..".
   virtual std::vector<std::string> list_dir(const std::string& dir) = 0;
   virtual std::string read_file(const std::string& path) = 0;
-  // Size and xxh3_64 of the whole file, streamed in 4 MiB blocks.
-  virtual FileHash hash_file(const std::string& path) = 0;
+  // Size and checksum of the whole file by `algorithm`. The blocks whose digests `known` holds
+  // are not read (the writer hashed them from the bytes it wrote; kXxh3Blocks64k only).
+  virtual FileHash hash_file(const std::string& path,
+                             FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm,
+                             const BlockDigests* known = nullptr) = 0;
 };
 
 class PosixFileSystem : public FileSystem {
@@ -62,7 +68,9 @@ class PosixFileSystem : public FileSystem {
   uint64_t file_size(const std::string& path) override;
   std::vector<std::string> list_dir(const std::string& dir) override;
   std::string read_file(const std::string& path) override;
-  FileHash hash_file(const std::string& path) override;
+  FileHash hash_file(const std::string& path,
+                     FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm,
+                     const BlockDigests* known = nullptr) override;
 };
 
 // A process-wide PosixFileSystem for callers that do not inject one.
@@ -132,7 +140,9 @@ class FaultInjectingFileSystem : public FileSystem {
   uint64_t file_size(const std::string& path) override;
   std::vector<std::string> list_dir(const std::string& dir) override;
   std::string read_file(const std::string& path) override;
-  FileHash hash_file(const std::string& path) override;
+  FileHash hash_file(const std::string& path,
+                     FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm,
+                     const BlockDigests* known = nullptr) override;
 
  private:
   struct Fault {

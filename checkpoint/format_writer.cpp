@@ -103,7 +103,9 @@ void check_tensor_path(const std::string& path) {
 struct FileWriter::Impl {
   H5Context ctx;
   H5FileHandle file;
-  H5PlistHandle dcpl;             // contiguous, never fill: the writer overwrites every byte
+  H5PlistHandle dcpl;             // contiguous, allocated at creation (its file offset is known
+                                  // at once), never filled: the writer overwrites every byte
+  BlockDigests blocks;            // of the file blocks wholly inside tensor data written
   std::set<std::string> groups;   // created so far ("model", "optimizer/x", ...)
   std::set<std::string> datasets;
   int64_t next_index = 0;         // "index" attribute: write order, restored by the reader
@@ -122,6 +124,9 @@ struct FileWriter::Impl {
     uint64_t expected = 0;
     std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> hash{nullptr,
                                                                            &XXH3_freeState};
+    // The file blocks inside this tensor's bytes, hashed as they are written: null when the
+    // tensor spans no whole block, or when HDF5 converts its bytes (file type != memory type).
+    std::unique_ptr<RegionBlockHasher> blocks;
   };
   std::unique_ptr<Open> open;
 
@@ -170,6 +175,7 @@ FileWriter::FileWriter(const std::string& path, const CheckpointMeta& meta)
       DDP_H5_CHECK(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()), ctx));
   s.dcpl = H5PlistHandle(DDP_H5_CHECK(H5Pcreate(H5P_DATASET_CREATE), ctx));
   DDP_H5_CHECK(H5Pset_layout(s.dcpl.get(), H5D_CONTIGUOUS), ctx);
+  DDP_H5_CHECK(H5Pset_alloc_time(s.dcpl.get(), H5D_ALLOC_TIME_EARLY), ctx);
   DDP_H5_CHECK(H5Pset_fill_time(s.dcpl.get(), H5D_FILL_TIME_NEVER), ctx);
 
   const hid_t root = s.file.get();
@@ -215,6 +221,7 @@ FileWriter::FileWriter(const std::string& path, const CheckpointMeta& meta)
 FileWriter::~FileWriter() = default;  // handles close quietly, innermost first
 
 const std::string& FileWriter::path() const { return impl_->ctx.file; }
+const BlockDigests& FileWriter::block_digests() const { return impl_->blocks; }
 uint64_t FileWriter::tensor_bytes_written() const { return impl_->tensor_bytes; }
 
 void FileWriter::add_tensor(const TensorEntry& entry) {
@@ -274,6 +281,15 @@ void FileWriter::begin_tensor(const std::string& path, DType dtype,
                                                     H5P_DEFAULT, s.dcpl.get(), H5P_DEFAULT),
                                          s.ctx));
   s.datasets.insert(path);
+  const uint64_t bytes = t->total * t->elem;
+  const H5Types types = h5_types_for(dtype);
+  if (bytes >= kChecksumBlockBytes &&
+      DDP_H5_CHECK(H5Tequal(types.file, types.memory), s.ctx) > 0) {
+    const haddr_t offset = H5Dget_offset(t->dset.get());  // HADDR_UNDEF: not allocated
+    if (offset != HADDR_UNDEF) {
+      t->blocks = std::make_unique<RegionBlockHasher>(offset, offset + bytes, &s.blocks);
+    }
+  }
   write_string_attr(t->dset.get(), "dtype", dtype_name(dtype), s.ctx);
   write_int64_attr(t->dset.get(), "index", s.next_index++, s.ctx);
   s.open = std::move(t);
@@ -292,14 +308,18 @@ void FileWriter::append_tensor_data(const void* data, size_t bytes) {
     throw Error(ErrorKind::kInvalidArgument, message);
   }
   // Large pieces are hashed on a helper thread while this one writes them (both only read
-  // `data`): the checksum then costs no save time. The future joins on every exit path.
+  // `data`): the checksums then cost no save time. The future joins on every exit path.
   std::future<void> hashing;
   XXH3_state_t* state = t.hash.get();  // null: the expected checksum is stored, not verified
-  if (state && bytes >= kParallelHashBytes) {
-    hashing = std::async(std::launch::async,
-                         [state, data, bytes] { XXH3_64bits_update(state, data, bytes); });
-  } else if (state) {
-    XXH3_64bits_update(state, data, bytes);
+  RegionBlockHasher* blocks = t.blocks.get();
+  auto hash = [state, blocks, data, bytes] {
+    if (state) XXH3_64bits_update(state, data, bytes);
+    if (blocks) blocks->feed(data, bytes);
+  };
+  if ((state || blocks) && bytes >= kParallelHashBytes) {
+    hashing = std::async(std::launch::async, hash);
+  } else {
+    hash();
   }
   const char* p = static_cast<const char*>(data);
   if (!t.carry.empty()) {  // complete the element split by the previous piece

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "checkpoint/checkpoint_data.h"
+#include "checkpoint/file_checksum.h"
 
 namespace ddp::ckpt {
 
@@ -65,6 +66,10 @@ class FileWriter {
 
   const std::string& path() const;
   uint64_t tensor_bytes_written() const;  // payload bytes of tensors so far
+  // Digests of the file's 64 KiB blocks that lie wholly inside tensor bytes written so far,
+  // hashed from the caller's memory as they were written (HDF5 writes nothing else there):
+  // commit_checkpoint(..., &block_digests()) then reads back only the other blocks.
+  const BlockDigests& block_digests() const;
 
  private:
   struct Impl;

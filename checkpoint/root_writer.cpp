@@ -160,6 +160,7 @@ void RootWriter::run() {
     }
     for (int r = 1; r < world_; ++r) remote[r].check_complete();
     writer.close();
+    digests_ = writer.block_digests();
   } catch (...) {
     failure_ = std::current_exception();
   }

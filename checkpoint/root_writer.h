@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "checkpoint/checkpoint_data.h"
+#include "checkpoint/file_checksum.h"
 #include "collectives/communicator.h"
 
 namespace ddp::ckpt {
@@ -48,6 +49,9 @@ class RootWriter {
   void filled(int64_t k);
   // No more rounds: waits for the writer to close the file. Returns its failure, if any.
   std::exception_ptr finish();
+  // The closed file's FileWriter::block_digests(), for the commit. REQUIRES: finish() returned
+  // no failure.
+  const BlockDigests& block_digests() const { return digests_; }
 
  private:
   void run();
@@ -67,6 +71,7 @@ class RootWriter {
   int64_t filled_ = 0, consumed_ = 0;  // rounds received / written
   bool end_ = false, abort_ = false, done_ = false;
   std::exception_ptr failure_;
+  BlockDigests digests_;  // set by the writer thread once the file is closed
   std::thread thread_;
 };
 

@@ -318,8 +318,10 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
       }
     }
   }
+  BlockDigests digests;
   if (writer) {
     failure = writer->finish();
+    if (!failure) digests = writer->block_digests();
     writer.reset();
   }
   stream_.clear();
@@ -331,7 +333,7 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
     try {
       const CommitInfo info = commit_checkpoint(fs, tmp, request_.final_path,
                                                 request_.meta.global_step,
-                                                request_.update_latest);
+                                                request_.update_latest, &digests);
       result.bytes = info.bytes;
     } catch (...) {
       failure = std::current_exception();

@@ -12,7 +12,7 @@ namespace {
 
 nlohmann::json digest_to_json(const FileDigest& d) {
   return {{"bytes", d.bytes},
-          {"algorithm", kChecksumAlgorithm},
+          {"algorithm", algorithm_name(d.algorithm)},
           {"checksum", hex64(d.checksum)},
           {"global_step", d.global_step}};
 }
@@ -22,9 +22,13 @@ FileDigest digest_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw std::runtime_error("not a JSON object");
   if (!j.contains("bytes") || !j["bytes"].is_number_unsigned())
     throw std::runtime_error("'bytes' missing or not an unsigned integer");
-  if (!j.contains("algorithm") || j["algorithm"] != kChecksumAlgorithm)
-    throw std::runtime_error(fmt::format("'algorithm' missing or not \"{}\"", kChecksumAlgorithm));
+  std::optional<FileChecksumAlgorithm> algorithm;
+  if (j.contains("algorithm") && j["algorithm"].is_string())
+    algorithm = parse_algorithm(j["algorithm"].get<std::string>());
+  if (!algorithm)
+    throw std::runtime_error(fmt::format("'algorithm' missing or not {}", known_algorithm_names()));
   FileDigest d;
+  d.algorithm = *algorithm;
   d.bytes = j["bytes"].get<uint64_t>();
   if (!j.contains("checksum") || !j["checksum"].is_string() ||
       !parse_hex64(j["checksum"].get<std::string>(), &d.checksum))
@@ -43,9 +47,25 @@ const FileDigest* Sidecar::entry_for_size(uint64_t bytes) const {
 }
 
 const FileDigest* Sidecar::matching(const FileHash& hash) const {
-  if (current.bytes == hash.bytes && current.checksum == hash.xxh3) return &current;
-  if (replaces && replaces->bytes == hash.bytes && replaces->checksum == hash.xxh3) {
-    return &*replaces;
+  auto same = [&](const FileDigest& d) {
+    return d.bytes == hash.bytes && d.algorithm == hash.algorithm && d.checksum == hash.checksum;
+  };
+  if (same(current)) return &current;
+  if (replaces && same(*replaces)) return &*replaces;
+  return nullptr;
+}
+
+const FileDigest* find_matching_entry(FileSystem& fs, const Sidecar& sidecar,
+                                      const std::string& checkpoint_path, uint64_t size,
+                                      FileHash* actual) {
+  std::optional<FileHash> tried[2];  // by the first entry's algorithm, then by the other's
+  for (const FileDigest* d : {&sidecar.current, sidecar.replaces ? &*sidecar.replaces : nullptr}) {
+    if (!d || d->bytes != size) continue;
+    std::optional<FileHash>* slot = &tried[0];
+    if (tried[0] && tried[0]->algorithm != d->algorithm) slot = &tried[1];
+    if (!*slot) *slot = fs.hash_file(checkpoint_path, d->algorithm);
+    if (actual && !tried[1]) *actual = *tried[0];
+    if (const FileDigest* m = sidecar.matching(**slot)) return m;
   }
   return nullptr;
 }
@@ -92,12 +112,12 @@ bool verify_against_sidecar(FileSystem& fs, const std::string& checkpoint_path) 
                             checkpoint_path, sidecar->current.bytes, size,
                             size < sidecar->current.bytes ? "truncated?" : "appended to?"));
   }
-  const FileHash actual = fs.hash_file(checkpoint_path);
-  if (!sidecar->matching(actual)) {
+  FileHash actual;
+  if (!find_matching_entry(fs, *sidecar, checkpoint_path, size, &actual)) {
     throw Error(ErrorKind::kCorruption,
                 fmt::format("checkpoint '{}': checksum mismatch: recorded {}, file has {} ({})",
-                            checkpoint_path, hex64(expected->checksum), hex64(actual.xxh3),
-                            kChecksumAlgorithm));
+                            checkpoint_path, hex64(expected->checksum), hex64(actual.checksum),
+                            algorithm_name(actual.algorithm)));
   }
   return true;
 }

@@ -166,7 +166,7 @@ int cmd_inspect(const std::string& file, bool as_json) {
   j["file"] = file;
   j["bytes"] = fs.file_size(file);
   j["sidecar"] = sidecar ? json{{"bytes", sidecar->current.bytes},
-                                {"algorithm", kChecksumAlgorithm},
+                                {"algorithm", algorithm_name(sidecar->current.algorithm)},
                                 {"checksum", hex64(sidecar->current.checksum)}}
                          : json(nullptr);
   j["format_version"] = m.format_version;
@@ -208,7 +208,8 @@ int cmd_inspect(const std::string& file, bool as_json) {
   std::string sidecar_text = sidecar_error.empty() ? "none" : sidecar_error;
   if (sidecar) {
     const FileDigest d = sidecar->current;
-    sidecar_text = fmt::format("{} bytes, xxh3 {}", d.bytes, hex64(d.checksum));
+    sidecar_text = fmt::format("{} bytes, {} {}", d.bytes, algorithm_name(d.algorithm),
+                               hex64(d.checksum));
   }
   std::printf("sidecar         %s\n", sidecar_text.c_str());
   std::printf("format_version  %lld\n", static_cast<long long>(m.format_version));
@@ -271,7 +272,8 @@ int cmd_verify(const std::string& target) {
                 latest->file.c_str(), static_cast<long long>(latest->global_step));
     if (!good) fail(ok.count(latest->file) ? kExitIO : kExitInvalidInput);
     for (const CheckpointInfo& c : list) {
-      if (c.file == latest->file && c.sidecar && c.checksum != latest->checksum) {
+      if (c.file == latest->file && c.sidecar &&
+          (c.checksum != latest->checksum || c.algorithm != latest->algorithm)) {
         std::printf("WARN  %s records checksum %s but %s's sidecar has %s (the name was re-used)\n",
                     kLatestFileName, hex64(latest->checksum).c_str(), c.file.c_str(),
                     hex64(c.checksum).c_str());

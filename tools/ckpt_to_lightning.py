@@ -60,7 +60,7 @@ that has it, and records which one in ckpt["ddp_runtime"]["param_order"]:
 
 Integrity: each dataset's "xxh3" attribute is verified when the `xxhash` module is importable
 (otherwise a note says the check was skipped); a <IN>.sum sidecar, when present, is checked
-for the file size (and whole-file xxh3 with xxhash).
+for the file size (and whole-file checksum with xxhash).
 
 Exit status: 0 on success; 1 with one line "ckpt_to_lightning: error: ..." on stderr for a
 missing file, a file that is not HDF5, an HDF5 file that is not a ddp-runtime checkpoint (no
@@ -248,8 +248,23 @@ class Reader:
         return torch.from_numpy(array)
 
 
+def file_checksum(path, algorithm, xxhash):
+    """Whole-file checksum as the sidecar records it (docs/checkpoint-format.md):
+    "xxh3_64_b64k" = xxh3_64 of the concatenated little-endian xxh3_64 digests of the file's
+    64 KiB blocks; "xxh3_64" (older files) = xxh3_64 of the whole content."""
+    with open(path, "rb") as data:
+        if algorithm == "xxh3_64":
+            h = xxhash.xxh3_64()
+            for block in iter(lambda: data.read(1 << 22), b""):
+                h.update(block)
+            return h.hexdigest()
+        digests = b"".join(xxhash.xxh3_64_intdigest(block).to_bytes(8, "little")
+                           for block in iter(lambda: data.read(1 << 16), b""))
+        return xxhash.xxh3_64(digests).hexdigest()
+
+
 def check_sidecar(path, xxhash):
-    """<path>.sum (written at commit): size, and whole-file xxh3 when xxhash is available.
+    """<path>.sum (written at commit): size, and whole-file checksum when xxhash is available.
     During a commit that reuses the name, a "replaces" entry describes the old content; a
     file matching either entry is intact (docs/checkpoint-format.md)."""
     sidecar = path + ".sum"
@@ -260,22 +275,24 @@ def check_sidecar(path, xxhash):
             recorded = json.load(s)
         entries = [recorded] + ([recorded["replaces"]] if "replaces" in recorded else [])
         sizes = [int(e["bytes"]) for e in entries]
-        sums = [str(e["checksum"]).lower().rjust(16, "0") for e in entries]
+        sums = [(str(e["algorithm"]), str(e["checksum"]).lower().rjust(16, "0")) for e in entries]
     except (OSError, ValueError, KeyError, TypeError):
         note(f"ignoring unreadable sidecar '{sidecar}'")
+        return
+    known = ("xxh3_64_b64k", "xxh3_64")
+    if any(algorithm not in known for algorithm, _ in sums):
+        note(f"ignoring sidecar '{sidecar}': checksum algorithm not one of {known}")
         return
     size = os.path.getsize(path)
     if size not in sizes:
         raise ConversionError(f"'{path}' is {size} bytes but its sidecar '{sidecar}' records "
                               f"{sizes[0]} (truncated or replaced?)")
     if xxhash is not None:
-        h = xxhash.xxh3_64()
-        with open(path, "rb") as data:
-            for block in iter(lambda: data.read(1 << 22), b""):
-                h.update(block)
-        if h.hexdigest() not in sums:
-            raise ConversionError(f"'{path}' is corrupt: its xxh3 {h.hexdigest()} does not "
-                                  f"match the sidecar '{sidecar}' ({sums[0]})")
+        actual = {algorithm: file_checksum(path, algorithm, xxhash) for algorithm, _ in sums}
+        if not any(actual[algorithm] == value for algorithm, value in sums):
+            algorithm = sums[0][0]
+            raise ConversionError(f"'{path}' is corrupt: its {algorithm} {actual[algorithm]} "
+                                  f"does not match the sidecar '{sidecar}' ({sums[0][1]})")
 
 
 # ---------------------------------------------------------------------------------------------

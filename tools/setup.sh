@@ -13,6 +13,7 @@ packages=(
   libgtest-dev                                # tests
   libyaml-cpp-dev libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev
   python3-torch python3-h5py python3-numpy python3-matplotlib  # peers, interop, plots
+  python3-xxhash                              # interop: checksums in tools/ckpt_to_lightning
   clang-14 libclang-rt-14-dev                 # libFuzzer + ASan/UBSan (ctest fuzz_smoke)
 )
 missing=()

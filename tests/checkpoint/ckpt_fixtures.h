@@ -94,21 +94,23 @@ inline Checkpoint sample_checkpoint(int64_t step = 100, double seed = 1.0) {
   return c;
 }
 
-inline void write_checkpoint_file(const std::string& path, const Checkpoint& c) {
+// Returns the writer's block digests (FileWriter::block_digests).
+inline BlockDigests write_checkpoint_file(const std::string& path, const Checkpoint& c) {
   FileWriter w(path, c.meta);
   for (const TensorEntry& t : c.tensors) w.add_tensor(t);
   for (const RankState& r : c.ranks) w.add_rank_state(r);
   w.close();
+  return w.block_digests();
 }
 
-// Writes to the temporary name and commits, as rank 0 does.
+// Writes to the temporary name and commits with the writer's block digests, as rank 0 does.
 inline CommitInfo save_checkpoint(const std::string& dir, const std::string& name,
                                   const Checkpoint& c, bool update_latest = true,
                                   FileSystem& fs = default_file_system()) {
   const std::string final_path = join_path(dir, name);
   const std::string tmp = temp_path_for(final_path);
-  write_checkpoint_file(tmp, c);
-  return commit_checkpoint(fs, tmp, final_path, c.meta.global_step, update_latest);
+  const BlockDigests digests = write_checkpoint_file(tmp, c);
+  return commit_checkpoint(fs, tmp, final_path, c.meta.global_step, update_latest, &digests);
 }
 
 inline std::string slurp(const std::string& path) {

@@ -33,19 +33,19 @@ TEST(CheckpointCommit, WritesSidecarAndLatestPointer) {
   EXPECT_EQ(info.path, dir + "/step=100.h5");
   EXPECT_TRUE(info.latest_updated);
   EXPECT_EQ(info.bytes, default_file_system().file_size(info.path));
-  EXPECT_EQ(info.checksum, default_file_system().hash_file(info.path).xxh3);
+  EXPECT_EQ(info.checksum, default_file_system().hash_file(info.path).checksum);
   EXPECT_TRUE(temporaries_in(dir).empty());
 
   const auto latest = nlohmann::json::parse(test::slurp(dir + "/latest.json"));
   EXPECT_EQ(latest["file"], "step=100.h5");
   EXPECT_EQ(latest["global_step"], 100);
   EXPECT_EQ(latest["bytes"], info.bytes);
-  EXPECT_EQ(latest["checksum"]["algorithm"], "xxh3_64");
+  EXPECT_EQ(latest["checksum"]["algorithm"], "xxh3_64_b64k");
   EXPECT_EQ(latest["checksum"]["value"], hex64(info.checksum));
 
   const auto sidecar = nlohmann::json::parse(test::slurp(info.sidecar_path));
   EXPECT_EQ(sidecar["bytes"], info.bytes);
-  EXPECT_EQ(sidecar["algorithm"], "xxh3_64");
+  EXPECT_EQ(sidecar["algorithm"], "xxh3_64_b64k");
   EXPECT_EQ(sidecar["checksum"], hex64(info.checksum));
   EXPECT_EQ(sidecar["global_step"], 100);
   EXPECT_FALSE(sidecar.contains("replaces"));

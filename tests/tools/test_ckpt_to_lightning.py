@@ -474,6 +474,19 @@ class BadInputTest(unittest.TestCase):
             json.dump({"algorithm": "xxh3_64", "bytes": 5, "checksum": "0"}, f)
         self.assert_fails(path, "sidecar")
 
+    def test_sidecar_checksum_mismatch(self):
+        # The real checkpoints above convert with their sidecars, so their checksums (written
+        # by C++) agree with this tool's; here one that does not, by either algorithm.
+        if xxhash is None:
+            self.skipTest("python3-xxhash is not installed: whole-file checksums not checked")
+        for algorithm in ("xxh3_64_b64k", "xxh3_64"):
+            path = os.path.join(self.tmp, f"sum-{algorithm}.h5")
+            shutil.copy(self.good, path)
+            with open(path + ".sum", "w") as f:
+                json.dump({"algorithm": algorithm, "bytes": os.path.getsize(path),
+                           "checksum": "0123456789abcdef"}, f)
+            self.assert_fails(path, "does not match the sidecar", algorithm)
+
     def test_corrupt_dataset(self):
         path = os.path.join(self.tmp, "flipped.h5")
         shutil.copy(self.good, path)
