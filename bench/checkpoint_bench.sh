@@ -168,8 +168,8 @@ if ph:
         ("gather", f"gather of rank 1's share to rank 0 in {np2['chunk_mb']:g} MiB rounds (no write)"),
         ("h5_write_close", f"HDF5 write of all {np2['tensors']} tensors + close, from memory (rank 0, no fsync)"),
         ("fsync", "fsync of that file"),
-        ("hash_file_cached", "whole-file xxh3 (hash_file, from the page cache)"),
-        ("commit_after_fsync", "commit_checkpoint after that fsync (hash again + sidecar + renames + dir fsyncs + latest.json)"),
+        ("hash_file_cached", "whole-file checksum reading every block (hash_file, page cache, 2 threads here)"),
+        ("commit_after_fsync", "commit_checkpoint after that fsync, without the writer's block digests (hash again + sidecar + renames + dir fsyncs + latest.json)"),
     ]
     phase_lines = ["| phase | median s | min s |", "|---|---|---|"]
     for key, label in names:
@@ -236,7 +236,7 @@ Targets: {'all met' if all_met else 'not all met'}.
 What is measured:
 1. **ours** = the real save path (`model_sources` + `optimizer_sources`, `ckpt::snapshot_for_save`,
    `PendingSave::finish` over an `MpiCommunicator`: gather to rank 0, HDF5 write, fsync + whole-file
-   xxh3, sidecar, rename, directory fsyncs, `latest.json`), from a barrier until every rank has
+   checksum, sidecar, rename, directory fsyncs, `latest.json`), from a barrier until every rank has
    returned. **raw** = rank 0 writes the checkpoint file's byte count from memory in 4 MiB `write`s,
    `fsync`, `close`. Throughput ratio = raw time / our time (same bytes). The first save of each
    run (the resume file) is untimed.

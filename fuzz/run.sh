@@ -68,7 +68,8 @@ cxxflags=(-std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-re
 # Sources of each target: the parsers and what they call, never the LibTorch or MPI parts.
 common=(collectives/error.cpp)
 ckpt_sources=(collectives/dtype.cpp checkpoint/checkpoint_data.cpp checkpoint/h5_check.cpp
-              checkpoint/h5_util.cpp checkpoint/file_system.cpp checkpoint/sidecar.cpp
+              checkpoint/h5_util.cpp checkpoint/file_checksum.cpp checkpoint/file_system.cpp
+              checkpoint/sidecar.cpp
               checkpoint/commit.cpp checkpoint/format_reader.cpp)
 declare -A sources libs
 sources[config]="runtime/config.cpp runtime/config_validate.cpp runtime/stop_signal.cpp"
