@@ -28,6 +28,16 @@ void remove_quietly(FileSystem& fs, const std::string& path) {
   }
 }
 
+std::string latest_json(const std::string& file, int64_t global_step, uint64_t bytes,
+                        uint64_t checksum, FileChecksumAlgorithm algorithm) {
+  const nlohmann::json j = {
+      {"file", file},
+      {"global_step", global_step},
+      {"bytes", bytes},
+      {"checksum", {{"algorithm", algorithm_name(algorithm)}, {"value", hex64(checksum)}}}};
+  return j.dump(2) + "\n";
+}
+
 }  // namespace
 
 std::string temp_path_for(const std::string& final_path) {
@@ -69,62 +79,81 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
   Sidecar sidecar;
   bool replacing = false;  // final_path already holds a checkpoint with a usable sidecar
   bool sidecar_written = false;
+  const std::string sidecar_tmp = temp_path_for(info.sidecar_path);
+  const std::string latest_path = join_path(dir, kLatestFileName);
+  const std::string latest_tmp = temp_path_for(latest_path);
   try {
-    // The hash reads the page cache (CPU) while fsync waits for the disk: overlap them.
-    // With the writer's block digests it reads back only HDF5's metadata blocks.
-    std::future<FileHash> hashing = std::async(std::launch::async, [&fs, &tmp_path, known] {
-      return fs.hash_file(tmp_path, kFileChecksumAlgorithm, known);
-    });
+    // The fsync of the data runs while this thread computes the checksum (CPU: with the
+    // writer's block digests it reads back only HDF5's metadata blocks) and writes and fsyncs
+    // the two small temporaries: where a flush is slow (a network file system, a busy disk)
+    // the commit waits for one flush here, not three in a row. Nothing is renamed until all
+    // three are durable.
+    std::future<void> data_sync =
+        std::async(std::launch::async, [&fs, &tmp_path] { fs.fsync_file(tmp_path); });
     try {
-      fs.fsync_file(tmp_path);
+      const FileHash hash = fs.hash_file(tmp_path, kFileChecksumAlgorithm, known);
+      info.bytes = hash.bytes;
+      info.checksum = hash.checksum;
+      info.algorithm = hash.algorithm;
+      sidecar.current = FileDigest{hash.bytes, hash.checksum, hash.algorithm, global_step};
+      if (fs.exists(final_path)) {
+        // Reusing a name ("last.h5"): keep the old content verifiable until the rename is
+        // durable.
+        try {
+          if (auto old = read_sidecar(fs, final_path)) {
+            // After an interrupted commit of this name the old sidecar has two entries; only a
+            // hash tells which one the file holds (rare: recovery only).
+            const uint64_t size = fs.file_size(final_path);
+            const FileDigest* entry = old->replaces
+                                          ? find_matching_entry(fs, *old, final_path, size)
+                                          : old->entry_for_size(size);
+            if (entry) {
+              sidecar.replaces = *entry;
+              replacing = true;
+            }
+          }
+        } catch (const Error& e) {
+          if (e.kind() != ErrorKind::kCorruption) throw;  // unreadable old sidecar: nothing to keep
+        }
+      }
+      fs.write_file(sidecar_tmp, sidecar_to_json(sidecar));
+      if (update_latest) {
+        fs.write_file(latest_tmp, latest_json(base_name(final_path), global_step, info.bytes,
+                                              info.checksum, info.algorithm));
+      }
     } catch (...) {
-      hashing.wait();  // never leave the thread running against a file we may remove
+      data_sync.wait();  // never leave the thread running against a file we may remove
       throw;
     }
-    const FileHash hash = hashing.get();
-    info.bytes = hash.bytes;
-    info.checksum = hash.checksum;
-    info.algorithm = hash.algorithm;
-    sidecar.current = FileDigest{hash.bytes, hash.checksum, hash.algorithm, global_step};
-    if (fs.exists(final_path)) {
-      // Reusing a name ("last.h5"): keep the old content verifiable until the rename is durable.
-      try {
-        if (auto old = read_sidecar(fs, final_path)) {
-          // After an interrupted commit of this name the old sidecar has two entries; only a
-          // hash tells which one the file holds (rare: recovery only).
-          const uint64_t size = fs.file_size(final_path);
-          const FileDigest* entry = old->replaces ? find_matching_entry(fs, *old, final_path, size)
-                                                  : old->entry_for_size(size);
-          if (entry) {
-            sidecar.replaces = *entry;
-            replacing = true;
-          }
-        }
-      } catch (const Error& e) {
-        if (e.kind() != ErrorKind::kCorruption) throw;  // an unreadable old sidecar: nothing to keep
-      }
-    }
-    write_file_atomically(fs, info.sidecar_path, sidecar_to_json(sidecar));
+    data_sync.get();
+    fs.rename(sidecar_tmp, info.sidecar_path);
     sidecar_written = true;
+    fs.fsync_dir(dir);
     fs.rename(tmp_path, final_path);
   } catch (const Error&) {
     remove_quietly(fs, tmp_path);
+    remove_quietly(fs, sidecar_tmp);
+    remove_quietly(fs, latest_tmp);
     // The rename did not happen. Without an old checkpoint to keep verifiable, a sidecar written
     // here describes nothing: drop it. When replacing, it stays: its "replaces" entry still
     // matches the old content.
     if (sidecar_written && !replacing) remove_quietly(fs, info.sidecar_path);
     throw;
   }
-  fs.fsync_dir(dir);
-
-  if (replacing) {
-    sidecar.replaces.reset();
-    write_file_atomically(fs, info.sidecar_path, sidecar_to_json(sidecar));
-  }
-  if (update_latest) {
-    write_latest(fs, dir, base_name(final_path), global_step, info.bytes, info.checksum,
-                 info.algorithm);
-    info.latest_updated = true;
+  try {
+    fs.fsync_dir(dir);
+    if (replacing) {
+      sidecar.replaces.reset();
+      write_file_atomically(fs, info.sidecar_path, sidecar_to_json(sidecar));
+    }
+    if (update_latest) {
+      fs.rename(latest_tmp, latest_path);
+      fs.fsync_dir(dir);
+      info.latest_updated = true;
+    }
+  } catch (const Error&) {
+    remove_quietly(fs, latest_tmp);  // committed, but latest.json still names the previous one
+    throw;
   }
   return info;
 }
@@ -132,12 +161,8 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
 void write_latest(FileSystem& fs, const std::string& dir, const std::string& file,
                   int64_t global_step, uint64_t bytes, uint64_t checksum,
                   FileChecksumAlgorithm algorithm) {
-  const nlohmann::json j = {
-      {"file", file},
-      {"global_step", global_step},
-      {"bytes", bytes},
-      {"checksum", {{"algorithm", algorithm_name(algorithm)}, {"value", hex64(checksum)}}}};
-  write_file_atomically(fs, join_path(dir, kLatestFileName), j.dump(2) + "\n");
+  write_file_atomically(fs, join_path(dir, kLatestFileName),
+                        latest_json(file, global_step, bytes, checksum, algorithm));
 }
 
 std::optional<LatestPointer> read_latest(FileSystem& fs, const std::string& dir,

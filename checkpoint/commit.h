@@ -33,15 +33,17 @@ struct CommitInfo {
 };
 
 // Publishes the closed HDF5 file `tmp_path` as `final_path` (same directory):
-//   1. fsync tmp, and concurrently 2. size + checksum of tmp (fs must allow that: FileSystem),
-//      reading only the blocks whose digests `known` lacks (null: all; the writer's, e.g.
-//      FileWriter::block_digests(), REQUIRES: digests of tmp's bytes as they are now);
-//   3. write <final>.sum atomically (temp, fsync, rename, fsync dir);
+//   1. fsync tmp, on a helper thread (fs must allow concurrent calls: FileSystem), while
+//   2. size + checksum of tmp, reading only the blocks whose digests `known` lacks (null: all;
+//      the writer's, e.g. FileWriter::block_digests(), REQUIRES: digests of tmp's bytes as
+//      they are now), then the sidecar's and (if update_latest) latest.json's new contents
+//      are written to temporaries and fsynced;
+//   3. once 1 and 2 are done: rename the sidecar's temporary to <final>.sum, fsync the directory;
 //   4. rename tmp -> final;  5. fsync the directory;
 //   6. if final existed before: rewrite the sidecar without its "replaces" entry (sidecar.h);
-//   7. if update_latest: replace latest.json atomically (temp, fsync, rename, fsync dir).
+//   7. if update_latest: rename latest.json's temporary over latest.json, fsync the directory.
 // Throws ddp::Error (kIOError naming the errno, e.g. ENOSPC). On a failure before step 4 the
-// temporary file is removed (best effort) and the previous state is untouched; after step 4 the
+// temporaries are removed (best effort) and the previous state is untouched; after step 4 the
 // new checkpoint is committed even though the call throws.
 CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
                              const std::string& final_path, int64_t global_step,

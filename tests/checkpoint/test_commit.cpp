@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <filesystem>
+#include <mutex>
 
 #include <nlohmann/json.hpp>
 
@@ -168,6 +171,45 @@ TEST(CheckpointCommit, FailureAtEveryStepIsIOErrorAndKeepsAValidCheckpoint) {
       std::filesystem::remove_all(dir);
     }
   }
+}
+
+// Holds the fsync of the checkpoint's temporary until the sidecar's and latest.json's
+// temporaries have been written (at most 5 s): a commit that waits for that fsync before
+// writing them runs into the timeout, and overlapped() says so.
+class FsyncOverlapProbe : public PosixFileSystem {
+ public:
+  void fsync_file(const std::string& path) override {
+    if (path.find(".h5.tmp-") != std::string::npos) {
+      std::unique_lock<std::mutex> lock(mu_);
+      overlapped_ = cv_.wait_for(lock, std::chrono::seconds(5), [&] { return writes_ >= 2; });
+    }
+    PosixFileSystem::fsync_file(path);
+  }
+  void write_file(const std::string& path, const std::string& data) override {
+    PosixFileSystem::write_file(path, data);
+    std::lock_guard<std::mutex> lock(mu_);
+    ++writes_;
+    cv_.notify_all();
+  }
+  bool overlapped() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return overlapped_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int writes_ = 0;
+  bool overlapped_ = false;
+};
+
+TEST(CheckpointCommit, SmallFilesAreWrittenWhileTheDataIsFsynced) {
+  const std::string dir = ddp::test::temp_dir("commit-overlap");
+  FsyncOverlapProbe fs;
+  const CommitInfo info = save_checkpoint(dir, "step=100.h5", sample_checkpoint(100), true, fs);
+  EXPECT_TRUE(fs.overlapped()) << "the sidecar and latest.json waited for the data's fsync";
+  EXPECT_TRUE(info.latest_updated);
+  expect_consistent(dir, "", 100, 100);
 }
 
 TEST(CheckpointCommit, DiskFullDuringCommitNamesEnospcAndCleansUp) {
