@@ -204,6 +204,13 @@ if os.path.exists(doc_path):
         analysis = m.group(1).rstrip()
 
 mem2 = np2["save"]["rank0_memory"]
+
+
+def warm_text(run, variant):
+    times = run["save"].get("warmup_rounds_untimed", {}).get(variant, [])
+    return ", ".join(f"{x:.3f}" for x in times) or "none"
+
+
 doc = f"""# Checkpoint performance
 
 Produced by `{env['BENCH_INVOCATION']}` (bench/checkpoint_bench.sh, bench/bench_checkpoint.cpp,
@@ -239,7 +246,10 @@ What is measured:
    checksum, sidecar, rename, directory fsyncs, `latest.json`), from a barrier until every rank has
    returned. **raw** = rank 0 writes the checkpoint file's byte count from memory in 4 MiB `write`s,
    `fsync`, `close`. Throughput ratio = raw time / our time (same bytes). The first save of each
-   run (the resume file) is untimed.
+   run (the resume file) is untimed, and so are the first {np2.get('warmup', 0)} rounds of every
+   variant (warm-up, as nccl-tests' warm-up iterations: the first saves after start-up are slow
+   for every variant on this machine). Their times, s, at 2 ranks: ours {warm_text(np2, 'ours')},
+   raw {warm_text(np2, 'raw')}; at 1 rank: ours {warm_text(np1, 'ours')}, raw {warm_text(np1, 'raw')}.
 2. **torch.save** of a dict with the same tensor names, shapes and dtypes (bench/torch_save_peer.py,
    a child of rank 0 kept alive between rounds), with `flush` + `os.fsync` (the fair comparison) and
    without (data left in the page cache; shown for information).
