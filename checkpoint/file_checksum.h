@@ -35,6 +35,20 @@ std::optional<FileChecksumAlgorithm> parse_algorithm(const std::string& name);
 // "\"xxh3_64_b64k\" or \"xxh3_64\"", for error messages.
 std::string known_algorithm_names();
 
+struct FileHash {
+  uint64_t bytes = 0;
+  uint64_t checksum = 0;  // of the whole content, by `algorithm`
+  FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm;
+};
+
+class BlockDigests;
+
+// Size and checksum of the open file `fd` (`path` names it in errors) by `algorithm`, reading
+// with pread every block whose digest `known` (null: none) lacks; a full read of a large file
+// uses up to 4 threads. Throws kIOError naming the errno, or when the file shrinks meanwhile.
+FileHash hash_open_file(int fd, const std::string& path, FileChecksumAlgorithm algorithm,
+                        const BlockDigests* known);
+
 // Digests of some of a file's 64 KiB blocks, known before the file is read back (its writer
 // hashed them from the bytes it wrote). Block i covers [i * kChecksumBlockBytes, ...).
 class BlockDigests {

@@ -9,9 +9,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <future>
 #include <memory>
-#include <thread>
 
 #include <fmt/format.h>
 
@@ -188,126 +186,10 @@ std::string PosixFileSystem::read_file(const std::string& path) {
   return out;
 }
 
-namespace {
-
-// pread of exactly `size` bytes at `offset`; a file shorter than that is an error (it changed
-// while it was hashed).
-void pread_all(int fd, uint8_t* dst, size_t size, uint64_t offset, const std::string& path) {
-  while (size > 0) {
-    const ssize_t n = ::pread(fd, dst, size, static_cast<off_t>(offset));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_errno("read", path, errno);
-    }
-    if (n == 0) {
-      throw Error(ErrorKind::kIOError,
-                  fmt::format("read '{}': the file ended at {} bytes while it was hashed "
-                              "(changed underneath?)", path, offset));
-    }
-    dst += n;
-    size -= static_cast<size_t>(n);
-    offset += static_cast<uint64_t>(n);
-  }
-}
-
-// Digests of blocks [first, last) of a file of `size` bytes into digests[first..last), skipping
-// those `known` holds; reads runs of unknown blocks in pieces of up to 4 MiB.
-void hash_blocks(int fd, uint64_t size, uint64_t first, uint64_t last, const BlockDigests* known,
-                 std::vector<uint64_t>& digests, const std::string& path) {
-  constexpr uint64_t kReadBlocks = (4u << 20) / kChecksumBlockBytes;
-  std::unique_ptr<uint8_t[]> buf;
-  for (uint64_t i = first; i < last;) {
-    if (known) {
-      if (const uint64_t* d = known->find(i)) {
-        digests[i++] = *d;
-        continue;
-      }
-    }
-    uint64_t run_end = i + 1;  // unknown blocks i .. run_end - 1, read together
-    while (run_end < last && run_end - i < kReadBlocks && !(known && known->find(run_end))) {
-      ++run_end;
-    }
-    const uint64_t offset = i * kChecksumBlockBytes;
-    const auto bytes = static_cast<size_t>(std::min(size, run_end * kChecksumBlockBytes) - offset);
-    if (!buf) buf.reset(new uint8_t[kReadBlocks * kChecksumBlockBytes]);
-    pread_all(fd, buf.get(), bytes, offset, path);
-    for (uint64_t j = i; j < run_end; ++j) {
-      const size_t at = static_cast<size_t>((j - i) * kChecksumBlockBytes);
-      digests[j] = XXH3_64bits(buf.get() + at, std::min(kChecksumBlockBytes, bytes - at));
-    }
-    i = run_end;
-  }
-}
-
-FileHash hash_whole_stream(int fd, const std::string& path) {
-  constexpr size_t kBlock = 4u << 20;  // large sequential reads, small resident buffer
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-  std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> state(XXH3_createState(),
-                                                                         &XXH3_freeState);
-  if (!state) throw Error(ErrorKind::kInternal, "XXH3_createState failed (out of memory)");
-  XXH3_64bits_reset(state.get());
-  std::unique_ptr<char[]> buf(new char[kBlock]);
-  FileHash out;
-  out.algorithm = FileChecksumAlgorithm::kXxh3Whole;
-  while (true) {
-    const ssize_t n = ::read(fd, buf.get(), kBlock);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw_errno("read", path, errno);
-    }
-    if (n == 0) break;
-    XXH3_64bits_update(state.get(), buf.get(), static_cast<size_t>(n));
-    out.bytes += static_cast<uint64_t>(n);
-  }
-  out.checksum = XXH3_64bits_digest(state.get());
-  return out;
-}
-
-}  // namespace
-
 FileHash PosixFileSystem::hash_file(const std::string& path, FileChecksumAlgorithm algorithm,
                                     const BlockDigests* known) {
   Fd fd(path, O_RDONLY, "open");
-  if (algorithm == FileChecksumAlgorithm::kXxh3Whole) return hash_whole_stream(fd.get(), path);
-  struct stat st {};
-  if (::fstat(fd.get(), &st) != 0) throw_errno("stat", path, errno);
-  const auto size = static_cast<uint64_t>(st.st_size);
-  const uint64_t blocks = (size + kChecksumBlockBytes - 1) / kChecksumBlockBytes;
-  std::vector<uint64_t> digests(static_cast<size_t>(blocks));
-  // A file read in full (a load's verification) is hashed by up to 4 threads, one stretch of
-  // blocks each: reading from the page cache and hashing are both CPU work.
-  const uint64_t unknown = blocks - (known ? std::min<uint64_t>(known->known(), blocks) : 0);
-  const unsigned threads =
-      unknown * kChecksumBlockBytes >= (64u << 20)
-          ? std::max(1u, std::min(4u, std::thread::hardware_concurrency()))
-          : 1u;
-  std::vector<std::future<void>> helpers;
-  const uint64_t per = (blocks + threads - 1) / threads;
-  for (unsigned t = 1; t < threads; ++t) {
-    const uint64_t lo = std::min(blocks, t * per), hi = std::min(blocks, lo + per);
-    helpers.push_back(std::async(std::launch::async, [&, lo, hi] {
-      hash_blocks(fd.get(), size, lo, hi, known, digests, path);
-    }));
-  }
-  std::exception_ptr failure;
-  try {
-    hash_blocks(fd.get(), size, 0, std::min(blocks, per), known, digests, path);
-  } catch (...) {
-    failure = std::current_exception();
-  }
-  for (auto& h : helpers) {  // every helper joins before `digests` and `fd` go away
-    try {
-      h.get();
-    } catch (...) {
-      if (!failure) failure = std::current_exception();
-    }
-  }
-  if (failure) std::rethrow_exception(failure);
-  FileHash out;
-  out.bytes = size;
-  out.checksum = combine_block_digests(digests);
-  out.algorithm = FileChecksumAlgorithm::kXxh3Blocks64k;
-  return out;
+  return hash_open_file(fd.get(), path, algorithm, known);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,15 +20,9 @@
 #include <utility>
 #include <vector>
 
-#include "checkpoint/file_checksum.h"
+#include "checkpoint/file_checksum.h"  // FileHash, BlockDigests
 
 namespace ddp::ckpt {
-
-struct FileHash {
-  uint64_t bytes = 0;
-  uint64_t checksum = 0;  // of the whole content, by `algorithm` (file_checksum.h)
-  FileChecksumAlgorithm algorithm = kFileChecksumAlgorithm;
-};
 
 class FileSystem {
  public:

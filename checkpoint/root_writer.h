@@ -49,9 +49,9 @@ class RootWriter {
   void filled(int64_t k);
   // No more rounds: waits for the writer to close the file. Returns its failure, if any.
   std::exception_ptr finish();
-  // The closed file's FileWriter::block_digests(), for the commit. REQUIRES: finish() returned
-  // no failure.
-  const BlockDigests& block_digests() const { return digests_; }
+  // Moves out the closed file's FileWriter::block_digests(), for the commit. REQUIRES: finish()
+  // returned no failure.
+  BlockDigests take_block_digests() { return std::move(digests_); }
 
  private:
   void run();

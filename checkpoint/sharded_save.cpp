@@ -321,7 +321,7 @@ SaveResult PendingSave::finish(Communicator& comm, FileSystem& fs) {
   BlockDigests digests;
   if (writer) {
     failure = writer->finish();
-    if (!failure) digests = writer->block_digests();
+    if (!failure) digests = writer->take_block_digests();
     writer.reset();
   }
   stream_.clear();

@@ -58,14 +58,17 @@ const FileDigest* Sidecar::matching(const FileHash& hash) const {
 const FileDigest* find_matching_entry(FileSystem& fs, const Sidecar& sidecar,
                                       const std::string& checkpoint_path, uint64_t size,
                                       FileHash* actual) {
-  std::optional<FileHash> tried[2];  // by the first entry's algorithm, then by the other's
+  std::optional<FileHash> by_algorithm[2];  // each algorithm's hash, computed once
+  bool reported = false;
   for (const FileDigest* d : {&sidecar.current, sidecar.replaces ? &*sidecar.replaces : nullptr}) {
     if (!d || d->bytes != size) continue;
-    std::optional<FileHash>* slot = &tried[0];
-    if (tried[0] && tried[0]->algorithm != d->algorithm) slot = &tried[1];
-    if (!*slot) *slot = fs.hash_file(checkpoint_path, d->algorithm);
-    if (actual && !tried[1]) *actual = *tried[0];
-    if (const FileDigest* m = sidecar.matching(**slot)) return m;
+    std::optional<FileHash>& hash = by_algorithm[static_cast<int>(d->algorithm)];
+    if (!hash) {
+      hash = fs.hash_file(checkpoint_path, d->algorithm);
+      if (actual && !reported) *actual = *hash;
+      reported = true;
+    }
+    if (const FileDigest* m = sidecar.matching(*hash)) return m;
   }
   return nullptr;
 }
