@@ -33,6 +33,7 @@ void write_summary(const std::string& path, const TrainResult& r, const Config& 
   j["preempted"] = r.preempted;
   j["model"] = config.model.name;
   j["run_dir"] = r.run_dir;
+  if (!r.checkpoint_json.empty()) j["checkpoint"] = nlohmann::json::parse(r.checkpoint_json);
   std::ofstream out(path);
   out << j.dump(2) << '\n';
   if (!out) throw Error(ErrorKind::kIOError, fmt::format("cannot write summary '{}'", path));

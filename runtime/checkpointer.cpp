@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -46,23 +47,6 @@ std::string utc_now() {
   return buf;
 }
 
-ckpt::CheckpointPolicyOptions policy_options(const CheckpointConfig& c, const std::string& dir) {
-  ckpt::CheckpointPolicyOptions o;
-  o.enabled = c.enabled;
-  o.dirpath = dir;
-  o.every_n_train_steps = c.every_n_train_steps;
-  o.every_n_epochs = c.every_n_epochs;
-  o.train_time_interval_s = c.train_time_interval;
-  o.save_last = c.save_last;
-  o.save_top_k = c.save_top_k;
-  o.monitor = c.monitor;
-  o.mode = c.mode;
-  o.filename = c.filename;
-  o.save_weights_only = c.save_weights_only;
-  o.keep_last_n = c.keep_last_n;
-  return o;
-}
-
 // Adds `nice` to the calling thread's niceness (Linux: per thread; threads it starts inherit
 // it). Training threads stay at theirs, so the save takes the CPU they leave idle. Failure only
 // costs speed: a warning.
@@ -95,7 +79,12 @@ Checkpointer::Checkpointer(Trainer& trainer, Communicator& control,
   const auto& cc = trainer_.config().checkpoint;
   dirpath_ = cc.dirpath.empty() ? (fs::path(trainer_.run_dir()) / "checkpoints").string()
                                 : cc.dirpath;
-  policy_ = std::make_unique<ckpt::CheckpointPolicy>(policy_options(cc, dirpath_));
+  const auto& tc = trainer_.config().trainer;
+  ckpt::LoopFacts facts;
+  facts.validates = trainer_.validates();
+  facts.check_val_every_n_epoch = tc.check_val_every_n_epoch;
+  facts.val_check_interval = tc.val_check_interval;
+  policy_ = std::make_unique<ckpt::CheckpointPolicy>(to_policy_options(cc, dirpath_), facts);
   if (control_.rank() == 0 && cc.enabled) {
     std::error_code ec;
     fs::create_directories(dirpath_, ec);
@@ -133,9 +122,9 @@ std::string Checkpointer::choose(const std::string& mode) {
   if (mode == "best") {
     if (auto latest = ckpt::read_latest(*fs_, dirpath_)) {
       const auto meta = ckpt::read_meta((fs::path(dirpath_) / latest->file).string());
-      const auto j = nlohmann::json::parse(meta.callbacks_json, nullptr, false);
-      if (j.is_object() && j.contains("best_k") && !j["best_k"].empty()) {
-        candidates.push_back((fs::path(dirpath_) / j["best_k"][0].value("file", "")).string());
+      const auto state = ckpt::CheckpointPolicy::from_json(meta.callbacks_json);
+      if (!state.best_model_path.empty()) {
+        candidates.push_back((fs::path(dirpath_) / state.best_model_path).string());
       }
     }
     if (candidates.empty()) {
@@ -222,6 +211,9 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
       scaler->load_state_json(m.grad_scaler_json);
     }
     policy_->load_state_json(m.callbacks_json);
+    if (fs::path(chosen).parent_path() == fs::path(dirpath_)) {
+      policy_->set_resumed_from(fs::path(chosen).filename().string());
+    }
     last_saved_step_ = m.global_step;
   });
   if (info.resharded) {
@@ -237,8 +229,27 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
   return info;
 }
 
-void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
-  wait();  // at most one save in flight
+std::string Checkpointer::run_plan(const ckpt::SavePoint& point, const PlanFn& make_plan) {
+  wait();  // the plan starts from the committed state; at most one save in flight
+  std::string text;
+  if (control_.rank() == 0) {
+    const ckpt::SavePlan plan = make_plan(point, [this](const std::string& name) {
+      return fs_->exists((fs::path(dirpath_) / name).string());
+    });
+    text = ckpt::CheckpointPolicy::plan_json(plan, policy_->options());
+  }
+  text = broadcast_string(control_, text, 0);
+  const ckpt::SavePlan plan = ckpt::CheckpointPolicy::plan_from_json(text);
+  if (!plan.warnings.empty() && !warned_monitor_) {
+    warned_monitor_ = true;
+    log0(control_, "warning: " + plan.warnings.front());
+  }
+  if (!plan.empty()) start_save(plan, point.metrics);
+  return plan.file;
+}
+
+void Checkpointer::start_save(const ckpt::SavePlan& plan,
+                              const std::map<std::string, double>& metrics) {
   const double t0 = now_s();
   const auto& cfg = trainer_.config();
   const TrainerState& st = trainer_.state();
@@ -268,9 +279,8 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   m.metrics = metrics;
   if (const GradScaler* scaler = trainer_.grad_scaler()) m.grad_scaler_json = scaler->state_json();
 
-  const std::string file = policy_->filename(st.epoch, st.global_step, metrics);
-  const auto dropped = policy_->on_committed(file, st.global_step, metrics);
-  m.callbacks_json = policy_->state_json();
+  const std::string file = plan.file;
+  m.callbacks_json = ckpt::CheckpointPolicy::to_json(plan.after, policy_->options());
 
   req.tensors = model_sources(trainer_.model());
   if (!weights_only) {
@@ -301,11 +311,12 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
 
   std::shared_ptr<ckpt::PendingSave> pending = ckpt::snapshot_for_save(*save_comm_, std::move(req));
   last_saved_step_ = st.global_step;
-  last_save_time_s_ = now_s();
 
-  auto finish = [this, p = pending, dropped, file]() {
+  // The policy learns of the save only once it is durable: a failed save changes nothing.
+  auto finish = [this, p = pending, plan]() {
     p->finish(*save_comm_, *fs_);
-    after_commit(dropped, file);
+    policy_->commit(plan);
+    after_commit(plan);
   };
   if (cfg.checkpoint.async) {
     in_flight_ = true;
@@ -333,25 +344,28 @@ void Checkpointer::start_save(const std::map<std::string, double>& metrics) {
   last_stall_s_ = now_s() - t0;
 }
 
-void Checkpointer::after_commit(const std::vector<std::string>& dropped, const std::string& file) {
+void Checkpointer::after_commit(const ckpt::SavePlan& plan) {
   ++saves_completed_;
   if (save_comm_->rank() != 0) return;
-  for (const auto& f : dropped) ckpt::remove_checkpoint(*fs_, (fs::path(dirpath_) / f).string());
-  if (policy_->options().save_last) {
+  for (const auto& f : plan.drop) {
+    ckpt::remove_checkpoint(*fs_, (fs::path(dirpath_) / f).string());
+  }
+  const std::string& file = plan.file;
+  if (!plan.link_last.empty()) {
     // last.h5 (+ its checksum sidecar) -> newest checkpoint, each replaced atomically (hard
     // link to a temporary name, then rename). A crash between the two leaves a pair whose
     // checksum disagrees: resume then skips last.h5 and uses latest.json / the other files.
     for (const std::string suffix : {".sum", ""}) {
       const fs::path target = fs::path(dirpath_) / (file + suffix);
-      const fs::path tmp = fs::path(dirpath_) / (".last.h5" + suffix + ".tmp-link");
+      const fs::path tmp = fs::path(dirpath_) / ("." + plan.link_last + suffix + ".tmp-link");
       std::error_code ec;
       fs::remove(tmp, ec);
       fs::create_hard_link(target, tmp, ec);
       if (ec) fs::copy_file(target, tmp, fs::copy_options::overwrite_existing, ec);
-      if (!ec) fs::rename(tmp, fs::path(dirpath_) / ("last.h5" + suffix), ec);
+      if (!ec) fs::rename(tmp, fs::path(dirpath_) / (plan.link_last + suffix), ec);
       if (ec) {
-        std::fprintf(stderr, "ddp-train: warning: could not update last.h5%s: %s\n",
-                     suffix.c_str(), ec.message().c_str());
+        std::fprintf(stderr, "ddp-train: warning: could not update %s%s: %s\n",
+                     plan.link_last.c_str(), suffix.c_str(), ec.message().c_str());
       }
     }
   }
@@ -386,30 +400,38 @@ void Checkpointer::wait() {
   std::rethrow_exception(error);
 }
 
-void Checkpointer::after_step(const std::map<std::string, double>& metrics) {
+void Checkpointer::after_step(int64_t epoch, const std::map<std::string, double>& metrics) {
   const int64_t step = trainer_.state().global_step;
   // Every rank must agree on time-based triggers: rank 0's clock decides.
   double since = now_s() - last_save_time_s_;
-  if (policy_->options().train_time_interval_s > 0) {
-    control_.broadcast(&since, 1, DType::kFloat64, 0);
-  }
-  if (step != last_saved_step_ && policy_->due_after_step(step, since)) save_now(metrics, false);
+  const double interval = policy_->options().train_time_interval_s;
+  if (interval > 0) control_.broadcast(&since, 1, DType::kFloat64, 0);
+  const bool time_due = interval > 0 && since >= interval;
+  if (time_due) last_save_time_s_ = now_s();
+  // Saved at this step already (Lightning's _last_global_step_saved), also by a save in flight.
+  if (step == last_saved_step_ || !policy_->due_after_batch(step, time_due)) return;
+  run_plan({step, epoch, metrics}, [&](const ckpt::SavePoint& p, const ckpt::ExistsFn& exists) {
+    return policy_->plan_after_batch(p, time_due, exists);
+  });
 }
 
-void Checkpointer::after_epoch(const std::map<std::string, double>& metrics) {
-  if (trainer_.state().global_step != last_saved_step_ &&
-      policy_->due_after_epoch(trainer_.state().epoch)) {
-    save_now(metrics, false);
-  }
+void Checkpointer::after_validation(int64_t epoch, const std::map<std::string, double>& metrics) {
+  const ckpt::SavePoint point{trainer_.state().global_step, epoch, metrics};
+  if (point.step == last_saved_step_ || !policy_->due_after_validation(point)) return;
+  run_plan(point, [&](const ckpt::SavePoint& p, const ckpt::ExistsFn& exists) {
+    return policy_->plan_after_validation(p, exists);
+  });
 }
 
-void Checkpointer::on_train_end(const std::map<std::string, double>& metrics) {
-  if (policy_->options().enabled && policy_->options().save_last &&
-      trainer_.state().global_step != last_saved_step_) {
-    save_now(metrics, false);
-  }
-  wait();
+void Checkpointer::after_epoch(int64_t epoch, const std::map<std::string, double>& metrics) {
+  const ckpt::SavePoint point{trainer_.state().global_step, epoch, metrics};
+  if (point.step == last_saved_step_ || !policy_->due_after_epoch(point)) return;
+  run_plan(point, [&](const ckpt::SavePoint& p, const ckpt::ExistsFn& exists) {
+    return policy_->plan_after_epoch(p, exists);
+  });
 }
+
+void Checkpointer::on_train_end() { wait(); }
 
 void Checkpointer::save_if_unsaved(const std::map<std::string, double>& metrics) {
   if (trainer_.state().global_step != last_saved_step_) save_now(metrics, true);
@@ -417,9 +439,38 @@ void Checkpointer::save_if_unsaved(const std::map<std::string, double>& metrics)
 }
 
 std::string Checkpointer::save_now(const std::map<std::string, double>& metrics, bool wait_done) {
-  start_save(metrics);
+  const TrainerState& st = trainer_.state();
+  // The epoch a name shows: the one in progress, or the one that just ended at its boundary.
+  const int64_t epoch = st.batch_in_epoch == 0 && st.epoch > 0 ? st.epoch - 1 : st.epoch;
+  const std::string file =
+      run_plan({st.global_step, epoch, metrics},
+               [&](const ckpt::SavePoint& p, const ckpt::ExistsFn& exists) {
+                 return policy_->plan_forced(p, exists);
+               });
   if (wait_done) wait();
-  return policy_->filename(trainer_.state().epoch, trainer_.state().global_step, metrics);
+  return file;
+}
+
+std::string Checkpointer::summary_json() const {
+  const ckpt::PolicyState& s = policy_->state();
+  auto path = [&](const std::string& name) {
+    return name.empty() ? std::string() : (fs::path(dirpath_) / name).string();
+  };
+  auto score = [](const std::optional<double>& v) {
+    return v && std::isfinite(*v) ? nlohmann::json(*v) : nlohmann::json();
+  };
+  nlohmann::json j;
+  j["dirpath"] = dirpath_;
+  j["best_model_path"] = path(s.best_model_path);
+  j["best_model_score"] = score(s.best_model_score);
+  j["kth_best_model_path"] = path(s.kth_best_model_path);
+  j["kth_value"] = score(s.kth_value);
+  j["last_model_path"] = path(s.last_model_path);
+  nlohmann::json models = nlohmann::json::object();
+  for (const auto& [f, v] : s.best_k_models) models[path(f)] = score(v);
+  j["best_k_models"] = models;
+  j["saves_completed"] = saves_completed_;
+  return j.dump();
 }
 
 }  // namespace ddp

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -49,14 +50,25 @@ class Checkpointer {
   // restores the trainer from it. Throws ddp::AgreedError on failure (same on all ranks).
   ResumeInfo resume(const std::string& mode);
 
-  // Hooks from the training loop (collective).
-  void after_step(const std::map<std::string, double>& metrics);
-  void after_epoch(const std::map<std::string, double>& metrics);
-  void on_train_end(const std::map<std::string, double>& metrics);
-  // Saves now regardless of the period (preemption, tests). Returns the file name.
+  // Hooks from the training loop (collective), Lightning's ModelCheckpoint hooks: after an
+  // optimizer step, before its validation (on_train_batch_end); after a validation
+  // (on_validation_end); at the end of a training epoch, also one that max_steps cut short
+  // (on_train_epoch_end). `epoch` is the 0-based index of the epoch in progress or ending;
+  // `metrics` what has been logged so far.
+  void after_step(int64_t epoch, const std::map<std::string, double>& metrics);
+  void after_validation(int64_t epoch, const std::map<std::string, double>& metrics);
+  void after_epoch(int64_t epoch, const std::map<std::string, double>& metrics);
+  // Waits for a save in flight. No save of its own: the epoch-end hook made Lightning's.
+  void on_train_end();
+  // Saves now regardless of the period (preemption, tests): as `last` when save_last is set,
+  // else under the template's name until the next save. Returns the file name.
   std::string save_now(const std::map<std::string, double>& metrics, bool wait);
   // Saves (and waits) unless the current step was already saved.
   void save_if_unsaved(const std::map<std::string, double>& metrics);
+  // ModelCheckpoint's state as JSON with paths in the directory (for --summary): dirpath,
+  // best_model_path, best_model_score, kth_best_model_path, kth_value, last_model_path,
+  // best_k_models {path: score}. Call after on_train_end().
+  std::string summary_json() const;
   // Waits for an async save in flight (no-op otherwise); rethrows its error per on_error.
   void wait();
   // REQUIRES: called before parameters or optimizer state change (optimizer.step(), a load).
@@ -74,8 +86,14 @@ class Checkpointer {
 
  private:
   std::string choose(const std::string& mode);  // rank 0 only
-  void start_save(const std::map<std::string, double>& metrics);
-  void after_commit(const std::vector<std::string>& dropped, const std::string& file);
+  // Plans on rank 0 (its directory decides "-vN" names), hands the plan to every rank, and
+  // starts the save if there is one. Collective.
+  // Returns the plan's file ("" when nothing is saved here).
+  using PlanFn = std::function<ckpt::SavePlan(const ckpt::SavePoint&, const ckpt::ExistsFn&)>;
+  std::string run_plan(const ckpt::SavePoint& point, const PlanFn& make_plan);
+  // REQUIRES: nothing in flight (run_plan waited).
+  void start_save(const ckpt::SavePlan& plan, const std::map<std::string, double>& metrics);
+  void after_commit(const ckpt::SavePlan& plan);  // rank 0: deletions, the `last` link
 
   Trainer& trainer_;
   Communicator& control_;
@@ -86,6 +104,7 @@ class Checkpointer {
   std::string dirpath_;
   int64_t last_saved_step_ = -1;
   double last_save_time_s_ = 0;
+  bool warned_monitor_ = false;
   int64_t saves_completed_ = 0;
   double last_stall_s_ = 0;
 

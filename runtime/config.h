@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint_policy.h"
+
 namespace ddp {
 
 struct TrainerConfig {
@@ -95,13 +97,17 @@ struct CheckpointConfig {
   bool enabled = true;
   std::string dirpath;               // default: <run dir>/checkpoints
   int64_t every_n_train_steps = 0;   // save every n optimizer steps; 0 = off
-  int64_t every_n_epochs = 1;        // save at the end of every n-th epoch; 0 = off
+  int64_t every_n_epochs = -1;       // save at the end of every n-th epoch; 0 = off;
+                                     // -1: 1 unless another trigger is set (Lightning's None)
   double train_time_interval = 0.0;  // save every this many wall-clock seconds; 0 = off
-  bool save_last = true;             // keep last.h5 -> newest; also save at the end of fit
+  bool save_last = true;             // at every trigger the state is also last.h5
   int64_t save_top_k = 1;            // keep the k best by monitor (-1 all, 0 none but last)
   std::string monitor;               // metric ranking checkpoints: val_loss | train_loss
   std::string mode = "min";          // min | max
-  std::string filename = "epoch={epoch}-step={step}";  // template; ".h5" appended
+  std::string filename = "{epoch}-{step}";  // template; ".h5" appended
+  bool auto_insert_metric_name = true;  // "{epoch}" names as "epoch=3"
+  bool enable_version_counter = true;   // an existing name gets "-v1", "-v2", ...
+  std::string save_on_train_epoch_end = "auto";  // auto | true | false: epoch end or after validation
   bool save_weights_only = false;    // model only: no optimizer, position or RNG
   int64_t keep_last_n = 2;           // also keep the n newest (fallback if one is corrupt)
   bool async = false;                // gather + write on a background thread
@@ -136,6 +142,10 @@ extern const char* const kDefaultConfigYaml;
 
 // `path` may be empty (defaults only). `overrides` are "dotted.key=value" strings; the value
 // is parsed as YAML ("[1,2]" is a list, "1e-3" a number).
+// The checkpoint section as the policy's options (checkpoint/checkpoint_policy.h).
+ckpt::CheckpointPolicyOptions to_policy_options(const CheckpointConfig& c,
+                                                const std::string& dirpath);
+
 Config load_config(const std::string& path, const std::vector<std::string>& overrides);
 
 // Same, from YAML text instead of a file (tests, fuzzing).

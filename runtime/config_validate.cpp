@@ -85,15 +85,18 @@ checkpoint:
   enabled: true                 # write checkpoints (HDF5, rank 0 only, atomic)
   dirpath: ""                   # directory; empty: <default_root_dir>/<name>/checkpoints
   every_n_train_steps: 0        # save every n optimizer steps; 0 = off
-  every_n_epochs: 1             # save at the end of every n-th epoch; 0 = off
+  every_n_epochs: -1            # save at the end of every n-th epoch; 0 = off; -1: 1 unless another trigger is set
   train_time_interval: 0.0      # save every this many wall-clock seconds; 0 = off
-  save_last: true               # keep last.h5 -> newest checkpoint; save at the end of training
-  save_top_k: 1                 # keep the k best by monitor (-1: all, 0: none but last)
+  save_last: true               # at every trigger the state is also last.h5 (a link to the file saved, else its own file)
+  save_top_k: 1                 # keep the k best by monitor (-1: all, 0: none but last); without monitor: the newest
   monitor: ""                   # metric ranking checkpoints (val_loss, train_loss); empty: newest
   mode: min                     # min | max: whether a smaller or larger monitor value is better
-  filename: "epoch={epoch}-step={step}"  # template; {metric:.3f} allowed; ".h5" appended
+  filename: "{epoch}-{step}"    # template of {epoch} {step} {train_loss} {val_loss}, {val_loss:.3f} allowed; ".h5" appended
+  auto_insert_metric_name: true # "{epoch}" names as "epoch=3" (Lightning's default)
+  enable_version_counter: true  # a name that exists already gets "-v1", "-v2", ... instead of being overwritten
+  save_on_train_epoch_end: auto # auto | true | false: save at the epoch's end, or after each validation (auto: Lightning's rule)
   save_weights_only: false      # model only (no optimizer, data position or RNG state)
-  keep_last_n: 2                # also keep the n newest checkpoints (-1: all)
+  keep_last_n: 2                # ddp-runtime's own: files Lightning would delete are kept while among the n newest saves (-1: all)
   async: false                  # gather and write on a background thread while training goes on
   async_nice: 10                # niceness of an async save's threads (Linux): they get the CPU training leaves idle; 0 = same as training
   chunk_mb: 16.0                # MiB; rank 0 gathers a save into a ring of 2 chunks
@@ -182,6 +185,9 @@ const std::vector<Field>& schema() {
       DDP_CONFIG_FIELD(checkpoint, monitor),
       DDP_CONFIG_FIELD(checkpoint, mode),
       DDP_CONFIG_FIELD(checkpoint, filename),
+      DDP_CONFIG_FIELD(checkpoint, auto_insert_metric_name),
+      DDP_CONFIG_FIELD(checkpoint, enable_version_counter),
+      DDP_CONFIG_FIELD(checkpoint, save_on_train_epoch_end),
       DDP_CONFIG_FIELD(checkpoint, save_weights_only),
       DDP_CONFIG_FIELD(checkpoint, keep_last_n),
       DDP_CONFIG_FIELD(checkpoint, async),
@@ -340,9 +346,40 @@ void validate_model(const ModelConfig& m) {
   }
 }
 
+}  // namespace
+}  // namespace ddp::config_internal
+
+namespace ddp {
+
+ckpt::CheckpointPolicyOptions to_policy_options(const CheckpointConfig& c,
+                                                const std::string& dirpath) {
+  ckpt::CheckpointPolicyOptions o;
+  o.enabled = c.enabled;
+  o.dirpath = dirpath;
+  o.every_n_train_steps = c.every_n_train_steps;
+  o.every_n_epochs = c.every_n_epochs;
+  o.train_time_interval_s = c.train_time_interval;
+  o.save_last = c.save_last;
+  o.save_top_k = c.save_top_k;
+  o.monitor = c.monitor;
+  o.mode = c.mode;
+  o.filename = c.filename;
+  o.auto_insert_metric_name = c.auto_insert_metric_name;
+  o.enable_version_counter = c.enable_version_counter;
+  o.save_on_train_epoch_end = c.save_on_train_epoch_end;
+  o.save_weights_only = c.save_weights_only;
+  o.keep_last_n = c.keep_last_n;
+  return o;
+}
+
+}  // namespace ddp
+
+namespace ddp::config_internal {
+namespace {
+
 void validate_checkpoint(const CheckpointConfig& c) {
   at_least("checkpoint.every_n_train_steps", c.every_n_train_steps, 0);
-  at_least("checkpoint.every_n_epochs", c.every_n_epochs, 0);
+  at_least_or_unbounded("checkpoint.every_n_epochs", c.every_n_epochs, 0);
   non_negative("checkpoint.train_time_interval", c.train_time_interval);
   at_least_or_unbounded("checkpoint.save_top_k", c.save_top_k, 0);
   at_least_or_unbounded("checkpoint.keep_last_n", c.keep_last_n, 0);
@@ -363,6 +400,8 @@ void validate_checkpoint(const CheckpointConfig& c) {
   if (c.filename.empty() || c.filename.find('/') != std::string::npos) {
     fail("checkpoint.filename", "a non-empty name without '/'", quoted(c.filename));
   }
+  // ModelCheckpoint's own rules: one trigger, template fields, save_on_train_epoch_end.
+  ckpt::CheckpointPolicy::validate(to_policy_options(c, c.dirpath));
   if (c.resume.empty()) fail("checkpoint.resume", "auto, last, best, none or a path", "''");
 }
 

@@ -28,7 +28,7 @@ void CsvLogger::log(const std::map<std::string, double>& row) {
     if (v == std::floor(v) && std::fabs(v) < 1e15) {
       out_ << fmt::format("{}", static_cast<int64_t>(v));
     } else {
-      out_ << fmt::format("{:.6g}", v);
+      out_ << fmt::format("{}", v);  // shortest round trip: what was logged, exactly
     }
   }
   out_ << '\n';

@@ -295,11 +295,15 @@ double Trainer::validate() {
   return sums[1] > 0 ? sums[0] / sums[1] : NAN;
 }
 
-void Trainer::log_step(double loss, std::optional<double> val_loss) {
+bool Trainer::validates() const {
+  return config_.trainer.check_val_every_n_epoch > 0 && data_.val && data_.val->size() > 0;
+}
+
+void Trainer::log_step(int64_t epoch, double loss, std::optional<double> val_loss) {
   const double elapsed = now_s() - fit_start_s_;
   const double sps = elapsed > 0 ? static_cast<double>(samples_done_) / elapsed : 0.0;
   if (control_.rank() != 0) return;
-  std::map<std::string, double> row{{"epoch", static_cast<double>(state_.epoch)},
+  std::map<std::string, double> row{{"epoch", static_cast<double>(epoch)},
                                     {"step", static_cast<double>(state_.global_step)},
                                     {"lr", schedule_->lr_at(std::max<int64_t>(
                                                0, state_.global_step - 1))},
@@ -308,7 +312,7 @@ void Trainer::log_step(double loss, std::optional<double> val_loss) {
   if (val_loss) row["val_loss"] = *val_loss;
   csv_->log(row);
   ProgressSnapshot snap;
-  snap.epoch = state_.epoch;
+  snap.epoch = epoch;
   snap.step = state_.global_step;
   snap.total_steps = total_steps_;
   snap.loss = loss;
@@ -384,18 +388,17 @@ TrainResult Trainer::fit() {
       window_loss_sum_ += loss;
       ++window_steps_;
 
-      std::optional<double> val;
-      if (should_validate(state_.batch_in_epoch, state_.global_step)) {
-        val = validate();
-        last_val_loss_ = val;
-      }
+      const int64_t epoch_index = state_.epoch;  // 0-based, as {epoch} and metrics.csv show it
+      const bool validating = should_validate(state_.batch_in_epoch, state_.global_step);
       const bool last_step = total_steps_ >= 0 && state_.global_step >= total_steps_;
-      if (state_.global_step % tc.log_every_n_steps == 0 || val || last_step) {
-        const double mean = global_mean(control_, window_loss_sum_ / window_steps_);
+      const bool log_now =
+          state_.global_step % tc.log_every_n_steps == 0 || validating || last_step;
+      double mean = NAN;
+      if (log_now) {
+        mean = global_mean(control_, window_loss_sum_ / window_steps_);
         last_train_loss_ = mean;
         window_loss_sum_ = 0.0;
         window_steps_ = 0;
-        log_step(mean, val);
       }
       // Preemption: a signal on any rank stops every rank after the same step (the agreement
       // started after the previous step; its cost is in docs/performance.md).
@@ -411,19 +414,29 @@ TrainResult Trainer::fit() {
         check_s += now_s() - t0;
       }
       const bool epoch_end = state_.batch_in_epoch >= micro_per_epoch_;
-      if (epoch_end) {
+      if (epoch_end) {  // a save from here on resumes at the next epoch's start
         ++state_.epoch;
         state_.batch_in_epoch = 0;
+      }
+      // Lightning's order within a step: on_train_batch_end (the step trigger; metrics as
+      // logged so far, so the validation below is not in them yet), the validation,
+      // on_validation_end, and at the end of the epoch or of training on_train_epoch_end.
+      if (!stop) checkpointer_->after_step(epoch_index, monitored_metrics());
+      std::optional<double> val;
+      if (validating) {
+        val = validate();
+        last_val_loss_ = val;
+      }
+      if (log_now) log_step(epoch_index, mean, val);
+      if (!stop) {
+        if (validating) checkpointer_->after_validation(epoch_index, monitored_metrics());
+        if (epoch_end || last_step) checkpointer_->after_epoch(epoch_index, monitored_metrics());
       }
       if (last_step || stop) {
         done = true;
         break;
       }
-      checkpointer_->after_step(monitored_metrics());
-      if (epoch_end) {
-        checkpointer_->after_epoch(monitored_metrics());
-        break;
-      }
+      if (epoch_end) break;
     }
   }
   // Leaving by max_epochs with an agreement in flight: finish it (a signal that came during
@@ -438,7 +451,7 @@ TrainResult Trainer::fit() {
     }
     checkpointer_->save_if_unsaved(monitored_metrics());
   }
-  checkpointer_->on_train_end(monitored_metrics());
+  checkpointer_->on_train_end();
   if (control_.rank() == 0) progress_->finish();
 
   TrainResult r;
@@ -456,6 +469,7 @@ TrainResult Trainer::fit() {
   r.run_dir = run_dir_;
   r.preemption_check_s = check_s;
   r.train_loop_s = loop_s;
+  r.checkpoint_json = checkpointer_->summary_json();
   return r;
 }
 

@@ -64,6 +64,7 @@ struct TrainResult {
   // slower rank at that point, so it is an upper bound on what the agreement itself costs.
   double preemption_check_s = 0.0;
   double train_loop_s = 0.0;
+  std::string checkpoint_json;  // Checkpointer::summary_json() (rank 0's view)
 };
 
 class Trainer {
@@ -95,6 +96,8 @@ class Trainer {
   Precision precision() const { return precision_; }
   GradScaler* grad_scaler() { return scaler_.get(); }  // null unless precision is 16-mixed
   const std::string& run_dir() const { return run_dir_; }
+  // Whether validation runs at all (validation data and trainer.check_val_every_n_epoch > 0).
+  bool validates() const;
   std::string hparams_json() const;
   double current_lr() const;
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
@@ -106,7 +109,7 @@ class Trainer {
                   int64_t num_micro, double* loss_out);
   Batch load_batch(const Dataset& data, const std::vector<int64_t>& indices) const;
   bool should_validate(int64_t micro_done, int64_t step) const;
-  void log_step(double loss, std::optional<double> val_loss);
+  void log_step(int64_t epoch, double loss, std::optional<double> val_loss);
   std::map<std::string, double> monitored_metrics() const;
 
   Config config_;
