@@ -255,25 +255,26 @@ SavePlan CheckpointPolicy::plan_after_batch(const SavePoint& p, bool time_due,
   return plan;
 }
 
-SavePlan CheckpointPolicy::plan_after_validation(const SavePoint& p,
-                                                 const ExistsFn& exists) const {
+// on_validation_end and on_train_epoch_end do the same, at the point save_on_train_epoch_end
+// picks: the top-k on every n-th epoch, `last` at every one.
+SavePlan CheckpointPolicy::plan_epoch_trigger(const SavePoint& p, bool due,
+                                              const ExistsFn& exists) const {
   SavePlan plan;
   plan.after = state_;
-  if (!due_after_validation(p)) return plan;
+  if (!due) return plan;
   if (every_n_epochs_ >= 1 && (p.epoch + 1) % every_n_epochs_ == 0) save_topk(p, exists, plan);
   save_last(p, exists, plan);
   finish_plan(p, plan, {});
   return plan;
 }
 
+SavePlan CheckpointPolicy::plan_after_validation(const SavePoint& p,
+                                                 const ExistsFn& exists) const {
+  return plan_epoch_trigger(p, due_after_validation(p), exists);
+}
+
 SavePlan CheckpointPolicy::plan_after_epoch(const SavePoint& p, const ExistsFn& exists) const {
-  SavePlan plan;
-  plan.after = state_;
-  if (!due_after_epoch(p)) return plan;
-  if (every_n_epochs_ >= 1 && (p.epoch + 1) % every_n_epochs_ == 0) save_topk(p, exists, plan);
-  save_last(p, exists, plan);
-  finish_plan(p, plan, {});
-  return plan;
+  return plan_epoch_trigger(p, due_after_epoch(p), exists);
 }
 
 SavePlan CheckpointPolicy::plan_forced(const SavePoint& p, const ExistsFn& exists) const {

@@ -146,6 +146,7 @@ class CheckpointPolicy {
 
  private:
   bool skip(int64_t step) const;
+  SavePlan plan_epoch_trigger(const SavePoint& p, bool due, const ExistsFn& exists) const;
   void save_topk(const SavePoint& p, const ExistsFn& exists, SavePlan& plan) const;
   void save_last(const SavePoint& p, const ExistsFn& exists, SavePlan& plan) const;
   std::string versioned(const SavePoint& p, const std::string& base_template,

@@ -72,7 +72,8 @@ ckpt_sources=(collectives/dtype.cpp checkpoint/checkpoint_data.cpp checkpoint/h5
               checkpoint/sidecar.cpp
               checkpoint/commit.cpp checkpoint/format_reader.cpp)
 declare -A sources libs
-sources[config]="runtime/config.cpp runtime/config_validate.cpp runtime/stop_signal.cpp"
+sources[config]="runtime/config.cpp runtime/config_validate.cpp runtime/stop_signal.cpp
+                 checkpoint/checkpoint_policy.cpp"
 libs[config]="-lyaml-cpp -lfmt"
 sources[checkpoint]="${ckpt_sources[*]}"
 libs[checkpoint]="-lhdf5_serial -lxxhash -lfmt -pthread"

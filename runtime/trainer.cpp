@@ -342,6 +342,7 @@ TrainResult Trainer::fit() {
   }
   int64_t epochs_started = 0;
   bool preempted = false;
+  bool stopped_early = false;  // stop_after_step(): saves as a preemption does
   double check_s = 0.0;
   // The stop agreement is pipelined: after step k every rank starts a non-blocking MAX
   // all-reduce of its "signal seen" flag and waits for it after step k + 1, so the all-reduce
@@ -403,8 +404,8 @@ TrainResult Trainer::fit() {
       // Preemption: a signal on any rank stops every rank after the same step (the agreement
       // started after the previous step; its cost is in docs/performance.md).
       if (agreed_stop()) preempted = true;
-      const bool stop = preempted ||
-                        (stop_after_step_ >= 0 && state_.global_step >= stop_after_step_);
+      if (stop_after_step_ >= 0 && state_.global_step >= stop_after_step_) stopped_early = true;
+      const bool stop = preempted || stopped_early;
       if (!stop && !last_step) {
         const double t0 = now_s();
         stop_flag[stop_slot] = StopSignal::requested() ? 1 : 0;
@@ -449,6 +450,8 @@ TrainResult Trainer::fit() {
                                      "checkpoint at step {} and exiting",
                                      state_.global_step));
     }
+    checkpointer_->save_if_unsaved(monitored_metrics());
+  } else if (stopped_early && config_.checkpoint.enabled) {
     checkpointer_->save_if_unsaved(monitored_metrics());
   }
   checkpointer_->on_train_end();

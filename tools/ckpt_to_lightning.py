@@ -2,6 +2,13 @@
 """Convert a ddp-runtime HDF5 checkpoint into a PyTorch Lightning-style .ckpt file.
 
     /usr/bin/python3 tools/ckpt_to_lightning.py IN.h5 OUT.ckpt [--weights-only]
+        [--prefix model.] [--dirpath DIR]
+
+The result loads in real PyTorch Lightning (tested with 2.2.5, tests/tools/
+test_lightning_interop.py): LightningModule.load_from_checkpoint(OUT, strict=True) and
+Trainer.fit(model, ckpt_path=OUT), which continues at the saved global_step and epoch with
+the optimizer, StepLR and ModelCheckpoint state restored (give the Trainer a ModelCheckpoint
+with the run's monitor/mode/trigger arguments and dirpath=DIR, see "callbacks" below).
 
 Needs h5py, numpy and torch (Debian: python3-h5py, python3-torch). The output is written with
 torch.save to OUT.ckpt.tmp, then renamed into place, so OUT.ckpt is never half written. It
@@ -11,12 +18,17 @@ weights-only unpickler cannot read Python floats: load with the default there).
 
 What goes where (input layout: docs/checkpoint-format.md, checkpoint/format_writer.cpp):
 
-  epoch, global_step            root attributes of the same names
-  pytorch-lightning_version     "ddp-runtime-<ddp_runtime_version root attribute>"
+  epoch, global_step            root attributes of the same names (epoch: the epoch in
+                                progress, Lightning's current_epoch)
+  pytorch-lightning_version     "2.2.5": the Lightning checkpoint layout written here (Lightning
+                                parses it with packaging.version and migrates older layouts
+                                from it); ddp-runtime's own version is ddp_runtime["version"]
   state_dict                    OrderedDict: every dataset under /model (parameters and
-                                buffers), key = dataset name, dtype and shape as saved.
-                                float16/bfloat16 are stored as uint16 bit patterns with a
-                                "dtype" attribute and come back as torch.float16/bfloat16.
+                                buffers), key = dataset name (with --prefix P: P + name, e.g.
+                                "model." for a LightningModule holding the network as
+                                self.model), dtype and shape as saved. float16/bfloat16 are
+                                stored as uint16 bit patterns with a "dtype" attribute and come
+                                back as torch.float16/bfloat16.
   optimizer_states              [one torch.optim state_dict]; absent with --weights-only or
                                 when the checkpoint was saved weights-only:
       state                     {param_index: {"step": float32 scalar tensor (what
@@ -29,15 +41,58 @@ What goes where (input layout: docs/checkpoint-format.md, checkpoint/format_writ
                                 foreach, ...), "params": the group's parameter indices, and
                                 "param_names": the names of those parameters (torch >= 2.6
                                 spells the name mapping this way; older torch ignores it).
-  lr_schedulers                 [] for scheduler "none", else [/meta/scheduler_json parsed,
-                                plus torch-style "last_epoch" and "_last_lr"]
+                                With a "step" scheduler: "initial_lr" (torch's schedulers
+                                add it) and "lr" = the rate of the NEXT step (torch's
+                                convention; ddp-runtime records the rate of the last step).
+  lr_schedulers                 scheduler "none": []. "step": one torch StepLR state_dict
+                                (step_size, gamma, base_lrs, last_epoch = global_step,
+                                _step_count, _last_lr, ...): configure
+                                StepLR(optimizer, step_size, gamma) with interval "step" in
+                                Lightning. "cosine" (linear warm-up, then cosine to min_lr at
+                                max_steps) has no torch.optim.lr_scheduler equivalent: [] and
+                                a warning on stderr; a scheduler configured in Lightning then
+                                starts from its initial state. Either way Lightning's restore
+                                accepts the list (it zips it with the configured schedulers;
+                                only a missing key is an error). The ddp-runtime scheduler
+                                state is kept in ddp_runtime["scheduler"].
   hyper_parameters              /meta/hparams_json parsed, plus "config_yaml": the full
                                 resolved config text (/meta/config_yaml)
-  callbacks                     /meta/callbacks_json parsed (the ModelCheckpoint best-k table)
-  ddp_runtime                   what Lightning has no key for: format_version, world_size,
-                                data position, metrics, fingerprint, versions, and
-                                "param_order" (below). Lightning ignores unknown keys.
-  loops                         omitted (Lightning tolerates its absence).
+  loops                         {"fit_loop", "validate_loop", "test_loop", "predict_loop"} in
+                                the shape of Lightning 2.2's loop state_dicts, so that
+                                Trainer.fit(ckpt_path=...) continues at global_step (the
+                                optimizer-step counters) and epoch (epoch_progress):
+                                mid-epoch (batch_in_epoch b > 0): epoch E started, not
+                                processed, b batches processed; at an epoch boundary (b = 0):
+                                E epochs completed, none of epoch E started.
+  callbacks                     {ModelCheckpoint state_key: ModelCheckpoint.state_dict()}.
+                                The key is Lightning's
+                                "ModelCheckpoint{'monitor': .., 'mode': .., 'every_n_train_steps':
+                                .., 'every_n_epochs': .., 'train_time_interval': ..}" built from
+                                the checkpoint: section of /meta/config_yaml with Lightning's
+                                trigger rules (the triggers are mutually exclusive there: a
+                                config setting several is keyed by the first of
+                                every_n_train_steps, train_time_interval, every_n_epochs, with a
+                                note). Lightning restores the state when the Trainer has a
+                                ModelCheckpoint with the same arguments and dirpath.
+                                The content comes from /meta/callbacks_json: best_model_path,
+                                best_model_score, current_score, kth_best_model_path,
+                                kth_value, last_model_path and best_k_models when present; from
+                                its best_k table otherwise (older files), as Lightning would
+                                have computed them. Scores become float64 tensors ("inf",
+                                "-inf", "nan" strings included); None stays None.
+      paths                     Each basename F.h5 becomes <dirpath>/F.ckpt, where dirpath is
+                                the real path of the OUTPUT file's directory (or --dirpath):
+                                the names Lightning would use for these checkpoints converted
+                                next to this one, in the directory a Lightning ModelCheckpoint
+                                continuing the run would use. .ckpt, not .h5: Lightning may
+                                load best_model_path (ckpt_path="best") and deletes the files
+                                that drop out of the top k; it must never delete ddp-runtime's
+                                .h5 files, and a missing .ckpt is simply skipped. Convert the
+                                other top-k files into the same directory to make them loadable.
+  ddp_runtime                   what Lightning has no key for: version, format_version,
+                                world_size, data position, metrics, fingerprint, versions,
+                                the raw callbacks_json and scheduler_json, and "param_order"
+                                (below). Lightning ignores unknown keys.
 
 Parameter indices. torch numbers optimizer state by the position of each parameter in the
 optimizer's param groups, which ddp-runtime builds from model.parameters() (parameters that
@@ -77,6 +132,9 @@ import sys
 
 KNOWN_FORMAT_VERSION = 1  # checkpoint/checkpoint_data.h kFormatVersion
 PROG = "ckpt_to_lightning"
+# The Lightning checkpoint layout this script writes (a real release: Lightning parses the
+# field with packaging.version.Version and applies its migrations for older layouts).
+LIGHTNING_VERSION = "2.2.5"
 
 # Datasets under /meta, all fixed-length UTF-8 strings (checkpoint/h5_util.cpp).
 META_STRINGS = ("config_yaml", "hparams_json", "optimizer_json", "scheduler_json",
@@ -108,6 +166,10 @@ class ConversionError(Exception):
 
 def note(message):
     print(f"{PROG}: note: {message}", file=sys.stderr)
+
+
+def warn(message):
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def _import_xxhash():
@@ -347,19 +409,22 @@ def parameter_order(model_keys_by_index, stateful, group_sizes, opt_json, world_
 # Conversion
 
 
-def convert(in_path, weights_only=False):
-    """Returns the Lightning-style checkpoint dict for the ddp-runtime checkpoint `in_path`."""
+def convert(in_path, weights_only=False, prefix="", dirpath=None):
+    """Returns the Lightning-style checkpoint dict for the ddp-runtime checkpoint `in_path`.
+    `dirpath`: the directory ModelCheckpoint paths point into (see the module docstring);
+    None: the current directory."""
     xxhash = _import_xxhash()
     f = open_checkpoint(in_path)
     try:
         import torch  # after the cheap checks: importing torch takes seconds
 
-        return _convert_open(f, in_path, weights_only, xxhash, torch)
+        return _convert_open(f, in_path, weights_only, xxhash, torch, prefix,
+                             os.path.realpath(dirpath or "."))
     finally:
         f.close()
 
 
-def _convert_open(f, in_path, weights_only, xxhash, torch):
+def _convert_open(f, in_path, weights_only, xxhash, torch, prefix, dirpath):
     import h5py
 
     check_sidecar(in_path, xxhash)
@@ -411,27 +476,34 @@ def _convert_open(f, in_path, weights_only, xxhash, torch):
     # parameters) in write order where that is the model's order, else sorted.
     rest = model_keys if order_source == "write_order" else sorted(model_keys, key=_natural_key)
     ordered = params + [k for k in rest if k not in set(params)]
-    state_dict = collections.OrderedDict((k, r.tensor("model/" + k)) for k in ordered)
+    state_dict = collections.OrderedDict((prefix + k, r.tensor("model/" + k)) for k in ordered)
+    config = parse_config(config_yaml)
 
     ckpt = {
         "epoch": attrs["epoch"],
         "global_step": attrs["global_step"],
-        "pytorch-lightning_version": "ddp-runtime-" + attrs["ddp_runtime_version"],
+        "pytorch-lightning_version": LIGHTNING_VERSION,
         "state_dict": state_dict,
         "hyper_parameters": dict(hparams, config_yaml=config_yaml),
+        "loops": loops_state(attrs, config),
     }
     if not weights_only:
-        ckpt["callbacks"] = callbacks
+        ckpt["callbacks"] = callbacks_state(callbacks, config, dirpath, torch)
         if not attrs["weights_only"]:
+            schedulers, lr_override = lr_schedulers(sched_json, config, attrs["global_step"])
             ckpt["optimizer_states"] = [
-                optimizer_state(r, optimizer, params, group_sizes, opt_json, torch)]
-            ckpt["lr_schedulers"] = lr_schedulers(sched_json)
+                optimizer_state(r, optimizer, params, group_sizes, opt_json, torch,
+                                lr_override)]
+            ckpt["lr_schedulers"] = schedulers
     ckpt["ddp_runtime"] = {
+        "version": attrs["ddp_runtime_version"],
         **{k: attrs[k] for k in ROOT_INT_ATTRS if k not in ("epoch", "global_step")},
         **{k: attrs[k] for k in ROOT_STR_ATTRS},
         "weights_only": bool(attrs["weights_only"]),
         "metrics": metrics,
         "param_order": order_source,
+        "callbacks_json": callbacks,
+        "scheduler": sched_json,
         "source": os.path.abspath(in_path),
     }
     if xxhash is None:
@@ -439,7 +511,216 @@ def _convert_open(f, in_path, weights_only, xxhash, torch):
     return ckpt
 
 
-def optimizer_state(r, optimizer, params, group_sizes, opt_json, torch):
+# ---------------------------------------------------------------------------------------------
+# Lightning state: loops, ModelCheckpoint, schedulers
+
+
+def parse_config(config_yaml):
+    """The resolved config (a dict of sections); {} when it cannot be parsed."""
+    try:
+        import yaml  # python3-yaml (a dependency of python3-torch)
+    except ImportError:
+        note("python module 'yaml' not found: Lightning loop/callback/scheduler state uses "
+             "ddp-runtime's defaults")
+        return {}
+    try:
+        config = yaml.safe_load(config_yaml)
+    except yaml.YAMLError as e:
+        note(f"/meta/config_yaml is not valid YAML ({e}); using defaults")
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _section(config, name):
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _progress(count, started=None, processed=None, completed=None):
+    """A Lightning _Progress-shaped dict: {"total": ..., "current": ...} of the same tracker."""
+    tracker = {"ready": count}
+    for key, value in (("started", started), ("processed", processed),
+                       ("completed", completed)):
+        if value is not None:
+            tracker[key] = value
+    return {"total": dict(tracker), "current": dict(tracker)}
+
+
+def loops_state(attrs, config):
+    """Lightning 2.2's Trainer loop state for the position the checkpoint was saved at.
+
+    What Lightning reads back: the fit loop's global_step is
+    epoch_loop.automatic_optimization.optim_progress.optimizer.step.total.completed, and
+    current_epoch is epoch_progress.current.completed (loops/fit_loop.py,
+    loops/training_epoch_loop.py). Batch counters cover the epoch in progress; totals over
+    earlier epochs are not recorded by ddp-runtime and are approximated by step x
+    accumulate_grad_batches (Lightning uses them only for progress display)."""
+    step, epoch, batch = attrs["global_step"], attrs["epoch"], attrs["batch_in_epoch"]
+    accumulate = max(1, int(_section(config, "trainer").get("accumulate_grad_batches", 1) or 1))
+    steps_in_epoch = batch // accumulate
+    if batch > 0:  # mid-epoch: epoch E started, b micro-batches done
+        epoch_progress = _progress(epoch + 1, started=epoch + 1, processed=epoch,
+                                   completed=epoch)
+    else:  # at a boundary: E epochs done, epoch E not started
+        epoch_progress = _progress(epoch, started=epoch, processed=epoch, completed=epoch)
+
+    def two(total, current, started=False, processed=False, completed=True):
+        def tracker(n):
+            t = {"ready": n}
+            if started:
+                t["started"] = n
+            if processed:
+                t["processed"] = n
+            if completed:
+                t["completed"] = n
+            return t
+        return {"total": tracker(total), "current": tracker(current)}
+
+    batch_progress = two(step * accumulate, batch, started=True, processed=True)
+    batch_progress["is_last_batch"] = False
+    empty_batches = two(0, 0, started=True, processed=True)
+    empty_batches["is_last_batch"] = False
+    fit_loop = {
+        "state_dict": {},
+        "epoch_loop.state_dict": {"_batches_that_stepped": step},
+        "epoch_loop.batch_progress": batch_progress,
+        "epoch_loop.scheduler_progress": two(step, steps_in_epoch),
+        "epoch_loop.automatic_optimization.state_dict": {},
+        "epoch_loop.automatic_optimization.optim_progress": {"optimizer": {
+            "step": two(step, steps_in_epoch),
+            "zero_grad": two(step, steps_in_epoch, started=True),
+        }},
+        "epoch_loop.manual_optimization.state_dict": {},
+        "epoch_loop.manual_optimization.optim_step_progress": two(0, 0),
+        "epoch_loop.val_loop.state_dict": {},
+        "epoch_loop.val_loop.batch_progress": dict(empty_batches),
+        "epoch_progress": epoch_progress,
+    }
+    def evaluation_loop():
+        return {"state_dict": {}, "batch_progress": dict(empty_batches)}
+    predict = {"state_dict": {}, "batch_progress": two(0, 0, started=True, processed=True)}
+    return {"fit_loop": fit_loop, "validate_loop": evaluation_loop(),
+            "test_loop": evaluation_loop(), "predict_loop": predict}
+
+
+def model_checkpoint_state_key(checkpoint_config):
+    """Lightning's ModelCheckpoint.state_key for the ModelCheckpoint a Lightning user would
+    construct from ddp-runtime's checkpoint: section (callbacks/model_checkpoint.py
+    __init_triggers and state_key)."""
+    import datetime
+
+    monitor = checkpoint_config.get("monitor") or None
+    mode = checkpoint_config.get("mode") or "min"
+    steps = int(checkpoint_config.get("every_n_train_steps") or 0)
+    epochs = int(checkpoint_config.get("every_n_epochs") or 0)
+    seconds = float(checkpoint_config.get("train_time_interval") or 0.0)
+    # Lightning rejects more than one trigger; ddp-runtime's default every_n_epochs: 1 stays
+    # set when another is given, so the first of these that is set is the one meant.
+    interval = None
+    if steps > 0:
+        if epochs > 0 or seconds > 0:
+            note(f"checkpoint.every_n_train_steps={steps} and other triggers are set; the "
+                 "ModelCheckpoint state is keyed as Lightning's "
+                 f"ModelCheckpoint(every_n_train_steps={steps})")
+        epochs, seconds = 0, 0.0
+    elif seconds > 0:
+        if epochs > 0:
+            note(f"checkpoint.train_time_interval={seconds:g} and every_n_epochs are set; the "
+                 "ModelCheckpoint state is keyed by train_time_interval alone")
+        epochs = 0
+        interval = datetime.timedelta(seconds=seconds)
+    elif epochs <= 0:
+        epochs = 1  # Lightning: no trigger at all means every_n_epochs=1
+    fields = {"monitor": monitor, "mode": mode, "every_n_train_steps": steps,
+              "every_n_epochs": epochs, "train_time_interval": interval}
+    return f"ModelCheckpoint{repr(fields)}"
+
+
+def _score(value, torch):
+    """A callbacks_json score (number, null, "inf"/"-inf"/"nan") as Lightning keeps it."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConversionError(f"callbacks_json: score {value!r} is not a number") from None
+    return torch.tensor(number, dtype=torch.float64)
+
+
+def callbacks_state(callbacks, config, dirpath, torch):
+    """{state_key: ModelCheckpoint.state_dict()} from /meta/callbacks_json."""
+    if not isinstance(callbacks, dict):
+        callbacks = {}
+    table = callbacks.get("model_checkpoint", callbacks)
+    if not isinstance(table, dict):
+        table = {}
+    ckpt_config = _section(config, "checkpoint")
+    monitor = table.get("monitor", ckpt_config.get("monitor")) or None
+    mode = table.get("mode", ckpt_config.get("mode")) or "min"
+    key_config = dict(ckpt_config, monitor=monitor, mode=mode)
+
+    def path(name):
+        if not name:
+            return ""
+        stem = name[:-3] if name.endswith(".h5") else name
+        return os.path.join(dirpath, os.path.basename(stem) + ".ckpt")
+
+    inf = float("inf") if mode == "min" else float("-inf")
+    best_k = [e for e in table.get("best_k", []) if isinstance(e, dict) and e.get("file")]
+    if "best_k_models" in table:
+        pairs = [(str(p[0]), p[1]) for p in table["best_k_models"]
+                 if isinstance(p, (list, tuple)) and len(p) == 2]
+    elif monitor is not None:  # derive (older files): Lightning inserts in save order
+        pairs = [(e["file"], e.get("score")) for e in
+                 sorted(best_k, key=lambda e: e.get("step", 0))]
+    else:
+        pairs = []  # without a monitor Lightning keeps no table
+    best_k_models = {path(name): _score(score, torch) for name, score in pairs}
+
+    if "best_model_path" in table:
+        best_path = path(table.get("best_model_path"))
+        best_score = _score(table.get("best_model_score"), torch)
+        current = _score(table.get("current_score"), torch)
+        kth_path = path(table.get("kth_best_model_path"))
+        kth_value = _score(table.get("kth_value", inf), torch)
+        last_path = path(table.get("last_model_path"))
+    else:
+        newest = max(best_k, key=lambda e: e.get("step", 0)) if best_k else None
+        if monitor is None:
+            best_path = path(newest["file"]) if newest else ""
+            best_score = current = None
+        else:
+            best_path = path(best_k[0]["file"]) if best_k else ""
+            best_score = _score(best_k[0].get("score"), torch) if best_k else None
+            current = _score(newest.get("score"), torch) if newest else None
+        top_k = int(ckpt_config.get("save_top_k", 1) if ckpt_config.get("save_top_k")
+                    is not None else 1)
+        full = best_k_models and (top_k == -1 or len(best_k_models) == top_k)
+        if monitor is not None and full:
+            # Lightning: max (mode min) / min (mode max) over insertion order, first on ties
+            pick = max if mode == "min" else min
+            kth_path = pick(best_k_models, key=lambda p: best_k_models[p].item())
+            kth_value = best_k_models[kth_path]
+        else:
+            kth_path, kth_value = "", torch.tensor(inf, dtype=torch.float64)
+        last_path = path("last.h5") if ckpt_config.get("save_last", True) else ""
+    if kth_value is None:
+        kth_value = torch.tensor(inf, dtype=torch.float64)
+    state = {
+        "monitor": monitor,
+        "best_model_score": best_score,
+        "best_model_path": best_path,
+        "current_score": current,
+        "dirpath": dirpath,
+        "best_k_models": best_k_models,
+        "kth_best_model_path": kth_path,
+        "kth_value": kth_value,
+        "last_model_path": last_path,
+    }
+    return {model_checkpoint_state_key(key_config): state}
+
+
+def optimizer_state(r, optimizer, params, group_sizes, opt_json, torch, lr_override=None):
     state = {}
     amsgrad = False
     for index, name in enumerate(params):
@@ -465,6 +746,8 @@ def optimizer_state(r, optimizer, params, group_sizes, opt_json, torch):
             group["betas"] = tuple(group["betas"])
         if kind in ("adam", "adamw"):
             group["amsgrad"] = amsgrad
+        if lr_override is not None:  # (initial_lr, lr of the next step) for a torch scheduler
+            group["initial_lr"], group["lr"] = lr_override
         group["params"] = list(range(start, start + size))
         group["param_names"] = params[start:start + size]
         param_groups.append(group)
@@ -472,15 +755,27 @@ def optimizer_state(r, optimizer, params, group_sizes, opt_json, torch):
     return {"state": state, "param_groups": param_groups}
 
 
-def lr_schedulers(sched_json):
-    if not isinstance(sched_json, dict) or sched_json.get("name", "none") == "none":
-        return []
-    scheduler = dict(sched_json)
-    if "step" in scheduler:
-        scheduler["last_epoch"] = scheduler["step"]  # torch counts scheduler.step() calls
-    if "lr" in scheduler:
-        scheduler["_last_lr"] = [scheduler["lr"]]
-    return [scheduler]
+def lr_schedulers(sched_json, config, global_step):
+    """(Lightning's lr_schedulers list, (initial_lr, next lr) for the param groups or None)."""
+    name = sched_json.get("name", "none") if isinstance(sched_json, dict) else "none"
+    if name == "none":
+        return [], None
+    scheduler = _section(config, "scheduler")
+    base_lr = _section(config, "optimizer").get("lr")
+    if name == "step" and base_lr is not None and scheduler.get("step_size"):
+        # ddp-runtime: lr(step) = lr * gamma ** (step // step_size), set before each optimizer
+        # step = torch's StepLR stepped once per optimizer step (Lightning interval "step").
+        step_size, gamma = int(scheduler["step_size"]), float(scheduler.get("gamma", 0.1))
+        next_lr = float(base_lr) * gamma ** (global_step // step_size)
+        state = {"step_size": step_size, "gamma": gamma, "base_lrs": [float(base_lr)],
+                 "last_epoch": global_step, "verbose": False, "_step_count": global_step + 1,
+                 "_get_lr_called_within_step": False, "_last_lr": [next_lr]}
+        return [state], (float(base_lr), next_lr)
+    warn(f"scheduler '{name}' has no torch.optim.lr_scheduler equivalent that Lightning can "
+         "restore (cosine: linear warm-up, then cosine to min_lr at max_steps); lr_schedulers "
+         "is empty, so a scheduler configured in Lightning starts from its initial state "
+         "(ddp-runtime's scheduler state is in ckpt['ddp_runtime']['scheduler'])")
+    return [], None
 
 
 def save(ckpt, out_path):
@@ -512,9 +807,17 @@ def main(argv=None):
     parser.add_argument("--weights-only", action="store_true",
                         help="write only the model weights and metadata (no optimizer, "
                         "scheduler or callback state), like Lightning's save_weights_only")
+    parser.add_argument("--prefix", default="",
+                        help="prepended to every state_dict key, e.g. 'model.' for a "
+                        "LightningModule that holds the network as self.model")
+    parser.add_argument("--dirpath", default=None,
+                        help="directory the ModelCheckpoint state's paths point into "
+                        "(default: the output file's directory)")
     args = parser.parse_args(argv)
     try:
-        ckpt = convert(args.input, weights_only=args.weights_only)
+        dirpath = args.dirpath or os.path.dirname(os.path.abspath(args.output))
+        ckpt = convert(args.input, weights_only=args.weights_only, prefix=args.prefix,
+                       dirpath=dirpath)
         save(ckpt, args.output)
     except ConversionError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -4,12 +4,14 @@
 // taken while training goes on hold their own step's state.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include <torch/torch.h>
 
+#include "checkpoint/commit.h"
 #include "checkpoint/format_reader.h"
 #include "collectives/agreement.h"
 #include "collectives/error.h"
@@ -136,22 +138,17 @@ TEST(Resume, CorruptNewestFallsBackToThePreviousGoodOne) {
   const std::string root = test::temp_dir("fallback");
   {
     Trainer first(make_config(root, "run", {"checkpoint.every_n_train_steps=5"}), comm);
-    first.stop_after_step(kStopStep);  // saves at 5, 10 and (stop) 13
+    first.stop_after_step(kStopStep);  // saves at 5, 10 and (stop, as last.h5) 13
     first.fit();
   }
   const std::string dir = root + "/run/checkpoints";
   if (comm.rank() == 0) {
-    const std::string newest = dir + "/epoch=" + "";  // find by step below
-    for (const auto& e : fs::directory_iterator(dir)) {
-      const std::string name = e.path().filename().string();
-      if (name.find("step=13.h5") != std::string::npos && name.size() > 3 &&
-          name.substr(name.size() - 3) == ".h5") {
-        std::fstream f(e.path(), std::ios::in | std::ios::out | std::ios::binary);
-        f.seekp(static_cast<std::streamoff>(fs::file_size(e.path()) / 2));
-        f.put('\x5a');
-        f.put('\xa5');
-      }
-    }
+    const fs::path newest = fs::path(dir) / "last.h5";  // a file of its own: the stop's save
+    ASSERT_EQ(ckpt::read_meta(newest.string()).global_step, kStopStep);
+    std::fstream f(newest, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(newest) / 2));
+    f.put('\x5a');
+    f.put('\xa5');
   }
   comm.barrier();
   Trainer resumed(make_config(root, "run", {"checkpoint.resume=auto"}), comm);
@@ -179,7 +176,7 @@ TEST(Save, AsyncSavesMidTrainingHoldTheStateOfTheirStep) {
     Trainer async(make_config(root, "async", extra), comm);
     async.fit();
     ::unsetenv("DDP_FAULT_SLOW_SNAPSHOT");
-    EXPECT_EQ(async.checkpointer()->saves_completed(), kTotalSteps / 5 - 1);
+    EXPECT_EQ(async.checkpointer()->saves_completed(), kTotalSteps / 5);  // the last step's too
   }
   if (comm.rank() != 0) return;
   int compared = 0;
@@ -197,7 +194,7 @@ TEST(Save, AsyncSavesMidTrainingHoldTheStateOfTheirStep) {
     }
     ++compared;
   }
-  EXPECT_EQ(compared, kTotalSteps / 5 - 1);
+  EXPECT_EQ(compared, kTotalSteps / 5);
 }
 
 TEST(Resume, ExplicitMissingPathFailsOnEveryRank) {
@@ -240,6 +237,86 @@ TEST(Save, FailureOnRankZeroStopsEveryRankOrIsSkipped) {
       EXPECT_EQ(t.state().global_step, kTotalSteps);
     }
   }
+}
+
+// Checkpoint files (*.h5 but last.h5) in `dir`, sorted.
+std::vector<std::string> h5_files(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() == ".h5" && name.front() != '.') names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// The last epoch's save is made even without save_last (the loop used to leave before the
+// epoch-end hook), and every epoch-end save is named by the 0-based epoch that ended.
+TEST(Schedule, EveryEpochEndIsSavedAndNamedByItsIndex) {
+  auto& comm = world();
+  const std::string root = test::temp_dir("schedule_epochs");
+  Trainer t(make_config(root, "run",
+                        {"trainer.max_steps=-1", "trainer.max_epochs=3", "scheduler.name=none",
+                         "checkpoint.every_n_epochs=1", "checkpoint.save_top_k=-1",
+                         "checkpoint.save_last=false", "checkpoint.keep_last_n=0"}),
+            comm);
+  const int64_t spe = t.steps_per_epoch();
+  t.fit();
+  if (comm.rank() != 0) return;
+  std::vector<std::string> expected;
+  for (int64_t e = 0; e < 3; ++e) {
+    expected.push_back("epoch=" + std::to_string(e) + "-step=" + std::to_string((e + 1) * spe) +
+                       ".h5");
+  }
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(h5_files(t.checkpointer()->dirpath()), expected);
+}
+
+// max_steps ending an epoch early still gets Lightning's epoch-end save.
+TEST(Schedule, AnEpochCutShortByMaxStepsIsSaved) {
+  auto& comm = world();
+  const std::string root = test::temp_dir("schedule_max_steps");
+  Trainer probe(make_config(root, "probe", {"checkpoint.enabled=false"}), comm);
+  const int64_t stop = probe.steps_per_epoch() + 2;
+  Trainer t(make_config(root, "run",
+                        {"trainer.max_steps=" + std::to_string(stop),
+                         "checkpoint.every_n_epochs=1", "checkpoint.save_last=false",
+                         "checkpoint.keep_last_n=0"}),
+            comm);
+  t.fit();
+  if (comm.rank() != 0) return;
+  EXPECT_EQ(h5_files(t.checkpointer()->dirpath()),
+            (std::vector<std::string>{"epoch=1-step=" + std::to_string(stop) + ".h5"}));
+}
+
+// A failed save (on_error: continue) changes neither the policy nor the directory: the next
+// good save deletes the file it replaces, and no state names the file that was never written.
+TEST(Schedule, AFailedSaveLeavesTheBookkeepingAsItWas) {
+  auto& comm = world();
+  const std::string root = test::temp_dir("schedule_failed");
+  Trainer t(make_config(root, "run",
+                        {"checkpoint.every_n_train_steps=4", "checkpoint.save_last=false",
+                         "checkpoint.keep_last_n=0", "checkpoint.on_error=continue",
+                         "checkpoint.filename='{step}'", "trainer.max_steps=12"}),
+            comm);
+  t.stop_after_step(5);
+  t.fit();
+  const std::string dir = t.checkpointer()->dirpath();
+  const std::string failing = dir + "/step=8.h5";
+  if (comm.rank() == 0) {
+    // The save at step 8 cannot create its temporary: a directory is in the way.
+    fs::create_directories(ckpt::temp_path_for(failing));
+  }
+  comm.barrier();
+  t.stop_after_step(-1);
+  t.fit();
+  EXPECT_EQ(t.state().global_step, 12);
+  if (comm.rank() != 0) return;
+  fs::remove_all(ckpt::temp_path_for(failing));
+  EXPECT_EQ(h5_files(dir), (std::vector<std::string>{"step=12.h5"}));
+  const auto meta = ckpt::read_meta(dir + "/step=12.h5");
+  EXPECT_EQ(meta.callbacks_json.find("step=8"), std::string::npos) << meta.callbacks_json;
+  EXPECT_EQ(meta.callbacks_json.find("step=4"), std::string::npos) << meta.callbacks_json;
 }
 
 }  // namespace

@@ -146,8 +146,10 @@ class ConvertedCheckpoint:
         with h5py.File(self.h5, "r") as f:
             self.assertEqual(self.ckpt["global_step"], int(f.attrs["global_step"]))
             self.assertEqual(self.ckpt["epoch"], int(f.attrs["epoch"]))
-            self.assertEqual(self.ckpt["pytorch-lightning_version"],
-                             "ddp-runtime-" + attr_str(f.attrs["ddp_runtime_version"]))
+            # a real Lightning release (Lightning parses it); ddp-runtime's own under ddp_runtime
+            self.assertEqual(self.ckpt["pytorch-lightning_version"], "2.2.5")
+            self.assertEqual(self.ckpt["ddp_runtime"]["version"],
+                             attr_str(f.attrs["ddp_runtime_version"]))
             self.assertEqual(self.ckpt["ddp_runtime"]["world_size"], int(f.attrs["world_size"]))
         self.assertGreater(self.ckpt["global_step"], 0)
 
@@ -238,14 +240,21 @@ class FullStateChecks(ConvertedCheckpoint):
         with h5py.File(self.h5, "r") as f:
             callbacks = json.loads(f["meta/callbacks_json"][()].decode())
             scheduler = json.loads(f["meta/scheduler_json"][()].decode())
-        self.assertEqual(self.ckpt["callbacks"], callbacks)
-        if scheduler["name"] == "none":
-            self.assertEqual(self.ckpt["lr_schedulers"], [])
-        else:
+        self.assertEqual(self.ckpt["ddp_runtime"]["callbacks_json"], callbacks)
+        (key, state), = self.ckpt["callbacks"].items()  # Lightning's ModelCheckpoint.state_key
+        self.assertTrue(key.startswith("ModelCheckpoint{'monitor': "), key)
+        best = [os.path.basename(p) for p in state["best_k_models"]]
+        self.assertEqual(sorted(best), sorted(e["file"][:-3] + ".ckpt"
+                                              for e in callbacks.get("best_k", [])
+                                              if callbacks.get("monitor")))
+        self.assertEqual(self.ckpt["ddp_runtime"]["scheduler"], scheduler)
+        if scheduler["name"] == "step":  # torch StepLR's state_dict
             (converted,) = self.ckpt["lr_schedulers"]
-            self.assertEqual(converted["name"], scheduler["name"])
             self.assertEqual(converted["last_epoch"], scheduler["step"])
-            self.assertEqual(converted["_last_lr"], [scheduler["lr"]])
+        else:  # none; cosine has no torch equivalent: omitted with a warning
+            self.assertEqual(self.ckpt["lr_schedulers"], [])
+            if scheduler["name"] != "none":
+                self.assertIn("no torch.optim.lr_scheduler equivalent", self.stderr)
 
     def test_weights_only_flag(self):
         out = os.path.join(self.tmp, "weights.ckpt")
@@ -308,7 +317,7 @@ class WeightsOnlyCheckpointTest(ConvertedCheckpoint, unittest.TestCase):
 
 
 def write_synthetic(path, tensors, format_version=1, optimizer_json=None, world_size=1,
-                    weights_only=True):
+                    weights_only=True, callbacks_json="{}", config_yaml="model:\n  name: test\n"):
     """A minimal file in the ddp-runtime layout, from {path: (dtype name, numpy array)}."""
     def checksum(raw):
         return np.uint64(xxhash.xxh3_64_intdigest(raw) if xxhash else 0)
@@ -322,10 +331,10 @@ def write_synthetic(path, tensors, format_version=1, optimizer_json=None, world_
         for name in ("ddp_runtime_version", "torch_version", "hdf5_version", "created_utc",
                      "fingerprint"):
             f.attrs[name] = "test"
-        texts = {"config_yaml": "model:\n  name: test\n", "hparams_json": '{"name": "test"}',
+        texts = {"config_yaml": config_yaml, "hparams_json": '{"name": "test"}',
                  "optimizer_json": optimizer_json or '{"type": "sgd", "param_groups": []}',
                  "scheduler_json": '{"name": "none", "step": 7, "lr": 0.1}',
-                 "callbacks_json": "{}"}
+                 "callbacks_json": callbacks_json}
         for name, text in texts.items():
             d = f.create_dataset("meta/" + name, data=np.bytes_(text.encode()))
             d.attrs["dtype"] = "string"
@@ -404,6 +413,63 @@ class SyntheticFileTest(unittest.TestCase):
         state = c["optimizer_states"][0]["state"]
         self.assertEqual([state[i]["momentum_buffer"].shape[0] for i in (0, 1)], [2, 3])
         self.assertEqual(list(c["state_dict"]), ["z.weight", "a.weight"])
+
+
+class ModelCheckpointStateTest(unittest.TestCase):
+    """callbacks: Lightning's state_key and ModelCheckpoint.state_dict() from callbacks_json."""
+
+    CONFIG = ("checkpoint:\n  monitor: val_loss\n  mode: min\n  save_top_k: 2\n"
+              "  every_n_train_steps: 4\n  every_n_epochs: 1\n  train_time_interval: 0.0\n"
+              "  save_last: true\n")
+    KEY = ("ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', 'every_n_train_steps': 4, "
+           "'every_n_epochs': 0, 'train_time_interval': None}")
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="ckpt_to_lightning_")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def convert_with(self, callbacks):
+        src = os.path.join(self.tmp, "c.h5")
+        out = os.path.join(self.tmp, "out", "c.ckpt")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        write_synthetic(src, {"model/w": ("float32", np.ones(2, np.float32))},
+                        callbacks_json=json.dumps(callbacks), config_yaml=self.CONFIG)
+        proc = convert(src, out)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        (key, state), = load(out)["callbacks"].items()
+        self.assertEqual(key, self.KEY)  # every_n_epochs: 1 dropped: Lightning's exclusive triggers
+        self.assertEqual(state["dirpath"], os.path.realpath(os.path.dirname(out)))
+        return state, os.path.realpath(os.path.dirname(out))
+
+    def test_older_file_derives_the_state_from_best_k(self):
+        state, d = self.convert_with({"monitor": "val_loss", "mode": "min", "best_k": [
+            {"file": "step=8.h5", "score": 0.5, "step": 8},
+            {"file": "step=4.h5", "score": "inf", "step": 4}]})
+        self.assertEqual(list(state["best_k_models"]),  # insertion (save) order
+                         [os.path.join(d, "step=4.ckpt"), os.path.join(d, "step=8.ckpt")])
+        self.assertEqual(state["best_model_path"], os.path.join(d, "step=8.ckpt"))
+        self.assertEqual(float(state["best_model_score"]), 0.5)
+        self.assertEqual(state["kth_best_model_path"], os.path.join(d, "step=4.ckpt"))
+        self.assertEqual(float(state["kth_value"]), float("inf"))
+        self.assertEqual(float(state["current_score"]), 0.5)  # the newest entry's
+        self.assertEqual(state["last_model_path"], os.path.join(d, "last.ckpt"))
+
+    def test_newer_file_state_is_taken_as_recorded(self):
+        state, d = self.convert_with({
+            "monitor": "val_loss", "mode": "min", "best_k": [],
+            "best_k_models": [["a.h5", "nan"], ["b.h5", 1.5]],
+            "best_model_path": "b.h5", "best_model_score": 1.5, "current_score": None,
+            "kth_best_model_path": "", "kth_value": "-inf", "last_model_path": ""})
+        self.assertEqual(list(state["best_k_models"]),
+                         [os.path.join(d, "a.ckpt"), os.path.join(d, "b.ckpt")])
+        self.assertTrue(torch.isnan(state["best_k_models"][os.path.join(d, "a.ckpt")]))
+        self.assertEqual(state["best_model_path"], os.path.join(d, "b.ckpt"))
+        self.assertIsNone(state["current_score"])
+        self.assertEqual((state["kth_best_model_path"], float(state["kth_value"])),
+                         ("", float("-inf")))
+        self.assertEqual(state["last_model_path"], "")
 
 
 class BadInputTest(unittest.TestCase):
