@@ -41,8 +41,33 @@ std::string h5_error_stack() {
   return fmt::format("{}", fmt::join(lines, "; "));
 }
 
+namespace {
+
+// The system error HDF5's file driver reports inside its stack ("errno = 28, error message =
+// 'No space left on device'"), as "No space left on device (errno 28)"; empty when none.
+std::string system_error_in(const std::string& stack) {
+  const size_t e = stack.find("errno = ");
+  const size_t m = stack.find("error message = '", e == std::string::npos ? 0 : e);
+  if (e == std::string::npos || m == std::string::npos) return "";
+  const size_t begin = m + 17;
+  const size_t end = stack.find('\'', begin);
+  if (end == std::string::npos) return "";
+  const std::string number = stack.substr(e + 8, stack.find_first_not_of("0123456789", e + 8) - e - 8);
+  return fmt::format("{} (errno {})", stack.substr(begin, end - begin), number);
+}
+
+}  // namespace
+
 void h5_fail(const char* call, const H5Context& ctx) {
-  throw Error(ctx.kind, fmt::format("{} failed for '{}': {}", call, ctx.file, h5_error_stack()));
+  const std::string stack = h5_error_stack();
+  // "H5Dwrite(t.dset.get(), ...)" -> "H5Dwrite": the expression is for us, the name for users.
+  const std::string expr(call);
+  const std::string name = expr.substr(0, expr.find('('));
+  // An operating-system error (full disk, read-only or vanished directory) is all a user
+  // needs; HDF5's own stack stays for what only HDF5 knows (a malformed file).
+  const std::string os = system_error_in(stack);
+  throw Error(ctx.kind, os.empty() ? fmt::format("{} failed for '{}': {}", name, ctx.file, stack)
+                                   : fmt::format("{} failed for '{}': {}", name, ctx.file, os));
 }
 
 bool h5_path_exists(hid_t loc, const std::string& path_in, const H5Context& ctx) {

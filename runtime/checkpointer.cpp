@@ -213,6 +213,8 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
     policy_->load_state_json(m.callbacks_json);
     if (fs::path(chosen).parent_path() == fs::path(dirpath_)) {
       policy_->set_resumed_from(fs::path(chosen).filename().string());
+      last_committed_ = fs::path(chosen).filename().string();
+      last_committed_step_ = m.global_step;
     }
     last_saved_step_ = m.global_step;
   });
@@ -346,6 +348,8 @@ void Checkpointer::start_save(const ckpt::SavePlan& plan,
 
 void Checkpointer::after_commit(const ckpt::SavePlan& plan) {
   ++saves_completed_;
+  last_committed_ = plan.file;
+  last_committed_step_ = plan.after.last_global_step_saved;
   if (save_comm_->rank() != 0) return;
   for (const auto& f : plan.drop) {
     ckpt::remove_checkpoint(*fs_, (fs::path(dirpath_) / f).string());
@@ -387,17 +391,31 @@ void Checkpointer::wait() {
   if (!worker_error_) return;
   auto error = worker_error_;
   worker_error_ = nullptr;
-  if (trainer_.config().checkpoint.on_error == "continue") {
-    try {
-      std::rethrow_exception(error);
-    } catch (const std::exception& e) {
+  // What a user needs next: which checkpoint is still there to resume from.
+  const std::string kept =
+      last_committed_.empty()
+          ? std::string("no checkpoint of this run is committed yet")
+          : fmt::format("the newest good checkpoint is '{}' (step {})",
+                        (fs::path(dirpath_) / last_committed_).string(), last_committed_step_);
+  try {
+    std::rethrow_exception(error);
+  } catch (const AgreedError& e) {
+    if (trainer_.config().checkpoint.on_error == "continue") {
       log0(control_, fmt::format("warning: checkpoint save failed, training continues "
-                                 "(checkpoint.on_error=continue): {}",
-                                 e.what()));
+                                 "(checkpoint.on_error=continue): {}; {}",
+                                 e.what(), kept));
+      return;
     }
-    return;
+    throw AgreedError(e.kind(), fmt::format("{}; {}", e.what(), kept));
+  } catch (const std::exception& e) {
+    if (trainer_.config().checkpoint.on_error == "continue") {
+      log0(control_, fmt::format("warning: checkpoint save failed, training continues "
+                                 "(checkpoint.on_error=continue): {}; {}",
+                                 e.what(), kept));
+      return;
+    }
+    throw;
   }
-  std::rethrow_exception(error);
 }
 
 void Checkpointer::after_step(int64_t epoch, const std::map<std::string, double>& metrics) {

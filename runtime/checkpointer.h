@@ -105,6 +105,8 @@ class Checkpointer {
   int64_t last_saved_step_ = -1;
   double last_save_time_s_ = 0;
   bool warned_monitor_ = false;
+  std::string last_committed_;  // basename of the newest committed save of this run
+  int64_t last_committed_step_ = 0;
   int64_t saves_completed_ = 0;
   double last_stall_s_ = 0;
 
