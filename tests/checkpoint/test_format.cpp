@@ -226,8 +226,9 @@ TEST(CheckpointFormat, WriterErrorNamesCallFileAndHdf5Message) {
                ErrorKind::kIOError, "H5Fcreate");
   expect_error([] { FileWriter w("/nonexistent-dir/x.h5", CheckpointMeta{}); },
                ErrorKind::kIOError, "/nonexistent-dir/x.h5");
+  // A system error is named by the system's words and errno, not HDF5's stack.
   expect_error([] { FileWriter w("/nonexistent-dir/x.h5", CheckpointMeta{}); },
-               ErrorKind::kIOError, "unable to");  // HDF5's own words
+               ErrorKind::kIOError, "No such file or directory (errno 2)");
 }
 
 TEST(CheckpointFormat, FlippedDataByteIsCorruption) {
@@ -351,12 +352,11 @@ TEST(CheckpointFormat, AbandonedWriterLeavesAFileThatFailsVerification) {
     FileWriter w(dir + "/x.h5", sample_checkpoint().meta);
     w.begin_tensor("model/w", DType::kFloat32, {4});
     w.append_tensor_data("abcd", 4);  // abandoned mid-tensor (e.g. a peer rank failed)
-  }  // the destructor closes quietly
-  // The half-written tensor has no checksum attribute: never mistaken for valid data.
+  }  // the destructor frees the file's bytes (a full disk must not fail the close) and closes
+  // What is left is never mistaken for valid data.
   const VerifyResult v = verify_file(dir + "/x.h5");
   ASSERT_FALSE(v.ok());
   EXPECT_EQ(v.error->kind(), ErrorKind::kCorruption) << v.error->what();
-  EXPECT_NE(std::string(v.error->what()).find("model/w"), std::string::npos) << v.error->what();
 }
 
 TEST(CheckpointFormat, WeightsOnlyCheckpoint) {
