@@ -49,6 +49,48 @@ bool is_temporary_name(const std::string& name) {
   return name.size() > 1 && name[0] == '.' && name.find(".tmp-") != std::string::npos;
 }
 
+void point_name_at(FileSystem& fs, const std::string& target_path,
+                   const std::string& link_path) {
+  const std::string dir = parent_dir(link_path);
+  const auto target = read_sidecar(fs, target_path);
+  if (!target) {
+    throw Error(ErrorKind::kInternal,
+                fmt::format("'{}' has no sidecar: it was not committed", target_path));
+  }
+  Sidecar next;
+  next.current = target->current;
+  const std::string sidecar = sidecar_path_for(link_path);
+  if (fs.exists(link_path)) {
+    try {
+      if (auto old = read_sidecar(fs, link_path)) {
+        const uint64_t size = fs.file_size(link_path);
+        const FileDigest* entry = old->replaces ? find_matching_entry(fs, *old, link_path, size)
+                                                : old->entry_for_size(size);
+        if (entry) next.replaces = *entry;
+      }
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kCorruption) throw;  // unreadable: nothing worth keeping
+    }
+  }
+  if (next.replaces) write_file_atomically(fs, sidecar, sidecar_to_json(next));
+  const std::string tmp = temp_path_for(link_path);
+  remove_quietly(fs, tmp);
+  try {
+    fs.link(target_path, tmp);
+  } catch (const Error&) {
+    fs.write_file(tmp, fs.read_file(target_path));  // no hard links here: a durable copy
+  }
+  try {
+    fs.rename(tmp, link_path);
+  } catch (...) {
+    remove_quietly(fs, tmp);
+    throw;
+  }
+  fs.fsync_dir(dir);
+  next.replaces.reset();
+  write_file_atomically(fs, sidecar, sidecar_to_json(next));
+}
+
 void write_file_atomically(FileSystem& fs, const std::string& path, const std::string& data) {
   const std::string tmp = temp_path_for(path);
   try {

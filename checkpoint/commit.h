@@ -49,6 +49,18 @@ CommitInfo commit_checkpoint(FileSystem& fs, const std::string& tmp_path,
                              const std::string& final_path, int64_t global_step,
                              bool update_latest, const BlockDigests* known = nullptr);
 
+// Points the name `link_path` (e.g. "dir/last.h5") at the committed checkpoint `target_path`
+// (same directory), with no moment at which the name and its sidecar disagree:
+//   1. the name's sidecar is replaced by one naming the target's content and, as "replaces",
+//      the content the name holds now (make before break);
+//   2. a hard link to the target under a temporary name is renamed over the name (a copy where
+//      the file system has no hard links);
+//   3. the sidecar is replaced by one naming the target's content alone.
+// A crash between any two steps leaves a name whose content matches its sidecar: the old
+// content or the new one. Throws ddp::Error (kIOError) on failure, the name still valid.
+// REQUIRES: `target_path` was committed (it has its sidecar). Rank 0 only.
+void point_name_at(FileSystem& fs, const std::string& target_path, const std::string& link_path);
+
 // Writes `data` to `path` atomically: temp_path_for(path), fsync, rename, fsync the directory.
 void write_file_atomically(FileSystem& fs, const std::string& path, const std::string& data);
 

@@ -139,6 +139,12 @@ void PosixFileSystem::rename(const std::string& from, const std::string& to) {
   }
 }
 
+void PosixFileSystem::link(const std::string& existing, const std::string& new_path) {
+  if (::link(existing.c_str(), new_path.c_str()) != 0) {
+    throw_errno("link", fmt::format("{}' -> '{}", existing, new_path), errno);
+  }
+}
+
 void PosixFileSystem::remove(const std::string& path) {
   if (::unlink(path.c_str()) != 0 && errno != ENOENT) throw_errno("remove", path, errno);
 }
@@ -201,6 +207,7 @@ const char* fs_op_name(FsOp op) {
     case FsOp::kFsyncDir: return "fsync_dir";
     case FsOp::kRename: return "rename";
     case FsOp::kRemove: return "remove";
+    case FsOp::kLink: return "link";
     case FsOp::kExists: return "exists";
     case FsOp::kFileSize: return "file_size";
     case FsOp::kListDir: return "list_dir";
@@ -212,7 +219,7 @@ const char* fs_op_name(FsOp op) {
 
 bool fs_op_mutates(FsOp op) {
   return op == FsOp::kWriteFile || op == FsOp::kFsyncFile || op == FsOp::kFsyncDir ||
-         op == FsOp::kRename || op == FsOp::kRemove;
+         op == FsOp::kRename || op == FsOp::kRemove || op == FsOp::kLink;
 }
 
 int FaultInjectingFileSystem::mutations() {
@@ -305,6 +312,11 @@ void FaultInjectingFileSystem::fsync_dir(const std::string& dir) {
 void FaultInjectingFileSystem::rename(const std::string& from, const std::string& to) {
   before(FsOp::kRename, fmt::format("rename {} -> {}", from, to), from);
   base_.rename(from, to);
+}
+
+void FaultInjectingFileSystem::link(const std::string& existing, const std::string& new_path) {
+  before(FsOp::kLink, fmt::format("link {} -> {}", existing, new_path), new_path);
+  base_.link(existing, new_path);
 }
 
 void FaultInjectingFileSystem::remove(const std::string& path) {

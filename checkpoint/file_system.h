@@ -37,6 +37,9 @@ class FileSystem {
   virtual void fsync_dir(const std::string& dir) = 0;
   // Atomically replaces `to` with `from` (both in the same file system).
   virtual void rename(const std::string& from, const std::string& to) = 0;
+  // Creates `new_path` as a hard link to `existing` (same file system; `new_path` must not
+  // exist). Throws kIOError where the file system has no hard links.
+  virtual void link(const std::string& existing, const std::string& new_path) = 0;
   // Removes a file; one that does not exist is not an error.
   virtual void remove(const std::string& path) = 0;
   virtual bool exists(const std::string& path) = 0;
@@ -57,6 +60,7 @@ class PosixFileSystem : public FileSystem {
   void fsync_file(const std::string& path) override;
   void fsync_dir(const std::string& dir) override;
   void rename(const std::string& from, const std::string& to) override;
+  void link(const std::string& existing, const std::string& new_path) override;
   void remove(const std::string& path) override;
   bool exists(const std::string& path) override;
   uint64_t file_size(const std::string& path) override;
@@ -84,8 +88,9 @@ std::string join_path(const std::string& dir, const std::string& name);
 // Test double.
 
 enum class FsOp {
-  kWriteFile, kFsyncFile, kFsyncDir, kRename, kRemove,  // mutating
+  kWriteFile, kFsyncFile, kFsyncDir, kRename, kRemove, kLink,  // mutating
   kExists, kFileSize, kListDir, kReadFile, kHashFile,   // read-only
+  kCount  // the number of ops
 };
 const char* fs_op_name(FsOp op);
 bool fs_op_mutates(FsOp op);
@@ -129,6 +134,7 @@ class FaultInjectingFileSystem : public FileSystem {
   void fsync_file(const std::string& path) override;
   void fsync_dir(const std::string& dir) override;
   void rename(const std::string& from, const std::string& to) override;
+  void link(const std::string& existing, const std::string& new_path) override;
   void remove(const std::string& path) override;
   bool exists(const std::string& path) override;
   uint64_t file_size(const std::string& path) override;
@@ -155,7 +161,7 @@ class FaultInjectingFileSystem : public FileSystem {
   FileSystem& base_;
   std::mutex mu_;  // guards everything below; never held while calling base_
   std::vector<Fault> faults_;
-  int calls_[10] = {0};
+  int calls_[static_cast<int>(FsOp::kCount)] = {0};
   int mutations_ = 0;
   bool crashed_ = false;
   std::vector<std::string> trace_;

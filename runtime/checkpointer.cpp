@@ -354,23 +354,14 @@ void Checkpointer::after_commit(const ckpt::SavePlan& plan) {
   for (const auto& f : plan.drop) {
     ckpt::remove_checkpoint(*fs_, (fs::path(dirpath_) / f).string());
   }
-  const std::string& file = plan.file;
   if (!plan.link_last.empty()) {
-    // last.h5 (+ its checksum sidecar) -> newest checkpoint, each replaced atomically (hard
-    // link to a temporary name, then rename). A crash between the two leaves a pair whose
-    // checksum disagrees: resume then skips last.h5 and uses latest.json / the other files.
-    for (const std::string suffix : {".sum", ""}) {
-      const fs::path target = fs::path(dirpath_) / (file + suffix);
-      const fs::path tmp = fs::path(dirpath_) / ("." + plan.link_last + suffix + ".tmp-link");
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      fs::create_hard_link(target, tmp, ec);
-      if (ec) fs::copy_file(target, tmp, fs::copy_options::overwrite_existing, ec);
-      if (!ec) fs::rename(tmp, fs::path(dirpath_) / (plan.link_last + suffix), ec);
-      if (ec) {
-        std::fprintf(stderr, "ddp-train: warning: could not update %s%s: %s\n",
-                     plan.link_last.c_str(), suffix.c_str(), ec.message().c_str());
-      }
+    // last.h5 now names the file just saved; readers never see it disagree with its sidecar.
+    try {
+      ckpt::point_name_at(*fs_, (fs::path(dirpath_) / plan.file).string(),
+                          (fs::path(dirpath_) / plan.link_last).string());
+    } catch (const Error& e) {
+      std::fprintf(stderr, "ddp-train: warning: could not point %s at %s: %s\n",
+                   plan.link_last.c_str(), plan.file.c_str(), e.what());
     }
   }
 }

@@ -3,9 +3,8 @@
 # each kill: every committed checkpoint verifies, latest.json points at a valid one, and the
 # next start resumes from a step no older than the last step the job had finished minus one
 # (the uncommitted step). Prints the figures for docs/reliability.md.
-# last.h5 is off here: it is a convenience link replaced in two renames (sidecar, then file), so
-# a kill between them leaves a pair that fails verification; resume then skips it and uses
-# latest.json, which this test checks.
+# last.h5 is on: it is re-pointed at each new checkpoint with no window (commit.h,
+# point_name_at), so after any kill it verifies like every other file.
 # Usage: kill_storm_test.sh <bin_dir> [kills=200] [seed=1234]
 set -euo pipefail
 bin=$1
@@ -18,7 +17,7 @@ args=(--set trainer.max_steps=1000000 --set trainer.max_epochs=-1 --set trainer.
       --set data.num_samples=2048 --set model.hidden_sizes=[128,128] --set trainer.progress_bar=off
       --set trainer.check_val_every_n_epoch=0 --set trainer.log_every_n_steps=1
       --set checkpoint.every_n_train_steps=1 --set checkpoint.every_n_epochs=0
-      --set checkpoint.save_last=false
+      --set checkpoint.save_last=true
       --set trainer.default_root_dir=$work --set trainer.name=storm --resume auto)
 dir=$work/storm/checkpoints
 prev_done=-1   # last step the previous attempt reported finished
