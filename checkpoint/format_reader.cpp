@@ -141,7 +141,7 @@ FileReader::FileReader(const std::string& path, const ReadOptions& options)
   CheckpointMeta& m = s.meta;
   m.format_version = read_int64_attr(root, "format_version", where, s.ctx);
   if (m.format_version > kFormatVersion) {
-    throw Error(ErrorKind::kInvalidArgument,
+    throw Error(ErrorKind::kNewerVersion,
                 fmt::format("'{}' was written by a newer ddp-runtime (format {}, this build reads "
                             "up to {}); upgrade ddp-runtime to load it", path, m.format_version,
                             kFormatVersion));

@@ -17,14 +17,25 @@ nlohmann::json digest_to_json(const FileDigest& d) {
           {"global_step", d.global_step}};
 }
 
+// An algorithm name this build does not know: a newer ddp-runtime wrote the sidecar.
+struct UnknownAlgorithm : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // Throws std::runtime_error with the reason; the caller wraps it.
 FileDigest digest_from_json(const nlohmann::json& j) {
   if (!j.is_object()) throw std::runtime_error("not a JSON object");
   if (!j.contains("bytes") || !j["bytes"].is_number_unsigned())
     throw std::runtime_error("'bytes' missing or not an unsigned integer");
   std::optional<FileChecksumAlgorithm> algorithm;
-  if (j.contains("algorithm") && j["algorithm"].is_string())
-    algorithm = parse_algorithm(j["algorithm"].get<std::string>());
+  if (j.contains("algorithm") && j["algorithm"].is_string()) {
+    const std::string name = j["algorithm"].get<std::string>();
+    algorithm = parse_algorithm(name);
+    if (!algorithm) {
+      throw UnknownAlgorithm(fmt::format("checksum algorithm '{}' is unknown to this build "
+                                         "(it knows {})", name, known_algorithm_names()));
+    }
+  }
   if (!algorithm)
     throw std::runtime_error(fmt::format("'algorithm' missing or not {}", known_algorithm_names()));
   FileDigest d;
@@ -90,6 +101,11 @@ Sidecar sidecar_from_json(const std::string& text, const std::string& where) {
     s.current = digest_from_json(j);
     if (j.contains("replaces")) s.replaces = digest_from_json(j["replaces"]);
     return s;
+  } catch (const UnknownAlgorithm& e) {
+    throw Error(ErrorKind::kNewerVersion,
+                fmt::format("sidecar '{}' was written by a newer ddp-runtime: {}; upgrade "
+                            "ddp-runtime to verify and load it (the file itself may well be "
+                            "intact)", where, e.what()));
   } catch (const std::exception& e) {
     throw Error(ErrorKind::kCorruption, fmt::format("sidecar '{}' is unreadable: {}", where, e.what()));
   }

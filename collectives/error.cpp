@@ -11,6 +11,7 @@ const char* error_kind_name(ErrorKind kind) {
     case ErrorKind::kTimeout: return "timeout";
     case ErrorKind::kCollective: return "collective error";
     case ErrorKind::kMismatch: return "rank mismatch";
+    case ErrorKind::kNewerVersion: return "newer version";
     case ErrorKind::kInternal: return "internal error";
   }
   return "unknown error";
@@ -25,6 +26,7 @@ int exit_code_for(ErrorKind kind) {
     case ErrorKind::kMismatch: return kExitDistributed;
     case ErrorKind::kIOError:
     case ErrorKind::kCorruption: return kExitIO;
+    case ErrorKind::kNewerVersion: return kExitNewerVersion;
     case ErrorKind::kInternal: return kExitInternal;
   }
   return kExitInternal;

@@ -20,6 +20,7 @@ enum class ErrorKind {
   kTimeout,          // a collective or wait passed its deadline
   kCollective,       // MPI/NCCL/CUDA reported an error
   kMismatch,         // ranks disagree (model fingerprint, parameter hash)
+  kNewerVersion,     // data written by a newer ddp-runtime (format, checksum algorithm)
   kInternal,         // a bug in ddp-runtime
 };
 
@@ -29,6 +30,7 @@ constexpr int kExitInternal = 1;
 constexpr int kExitInvalidInput = 2;   // kInvalidArgument, kNotFound
 constexpr int kExitDistributed = 3;    // kTimeout, kCollective, kMismatch
 constexpr int kExitIO = 4;             // kIOError, kCorruption
+constexpr int kExitNewerVersion = 5;   // kNewerVersion: upgrade, do not discard the file
 
 const char* error_kind_name(ErrorKind kind);
 int exit_code_for(ErrorKind kind);

@@ -146,6 +146,9 @@ std::string Checkpointer::choose(const std::string& mode) {
   for (const auto& path : candidates) {
     const auto result = ckpt::verify_file(path);
     if (result.ok()) return path;
+    // Written by a newer ddp-runtime: resuming from an older file would silently lose the
+    // progress in it. The user upgrades instead.
+    if (result.error->kind() == ErrorKind::kNewerVersion) throw *result.error;
     std::fprintf(stderr,
                  "ddp-train: warning: checkpoint '%s' is not usable (%s); trying the previous "
                  "one\n",

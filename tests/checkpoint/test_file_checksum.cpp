@@ -190,14 +190,29 @@ TEST(FileChecksum, OlderWholeStreamChecksumsStillVerify) {
   }
 }
 
-TEST(FileChecksum, UnknownAlgorithmIsAnUnreadableSidecarNamingTheKnownOnes) {
+// An algorithm this build does not know is a newer ddp-runtime's, never "corrupt" (exit 5, not
+// 4): the file may be perfectly good, and falling back past it would lose its progress.
+TEST(FileChecksum, UnknownAlgorithmIsANewerVersionNamingTheKnownOnes) {
   try {
-    sidecar_from_json(R"({"bytes": 10, "algorithm": "md5", "checksum": "00ff"})", "x.sum");
-    FAIL() << "md5 accepted";
+    sidecar_from_json(R"({"bytes": 10, "algorithm": "xxh4_128", "checksum": "00ff"})", "x.sum");
+    FAIL() << "xxh4_128 accepted";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kCorruption);
+    EXPECT_EQ(e.kind(), ErrorKind::kNewerVersion);
+    EXPECT_EQ(exit_code_for(e.kind()), 5);
+    EXPECT_NE(std::string(e.what()).find("newer ddp-runtime"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("xxh3_64_b64k"), std::string::npos) << e.what();
   }
+  // Garbage is still garbage.
+  EXPECT_THROW(
+      {
+        try {
+          sidecar_from_json(R"({"bytes": 10, "algorithm": 7, "checksum": "00ff"})", "x.sum");
+        } catch (const Error& e) {
+          EXPECT_EQ(e.kind(), ErrorKind::kCorruption);
+          throw;
+        }
+      },
+      Error);
 }
 
 }  // namespace

@@ -341,7 +341,7 @@ TEST(CheckpointFormat, DistinctErrorsForMissingForeignAndNewerFiles) {
   Checkpoint newer = sample_checkpoint();
   newer.meta.format_version = kFormatVersion + 1;
   test::write_checkpoint_file(dir + "/newer.h5", newer);
-  expect_error([&] { read_checkpoint(dir + "/newer.h5"); }, ErrorKind::kInvalidArgument,
+  expect_error([&] { read_checkpoint(dir + "/newer.h5"); }, ErrorKind::kNewerVersion,
                fmt::format("written by a newer ddp-runtime (format {}, this build reads up to {})",
                            kFormatVersion + 1, kFormatVersion));
 }

@@ -152,5 +152,33 @@ TEST(Cli, RunsWithoutMpirun) {
   EXPECT_NE(r.output.find("1 ranks"), std::string::npos) << r.output;
 }
 
+
+// A checkpoint from a newer ddp-runtime (here: a sidecar naming a checksum algorithm this build
+// does not know) is neither "corrupt" nor skipped: verify and resume stop with exit 5, saying
+// to upgrade, and the file is left alone.
+TEST(Cli, ACheckpointFromANewerVersionIsNamedAndNotSkipped) {
+  const std::string dir = test::temp_dir("newer");
+  const std::string ckpt = dir + "/ckpt";
+  auto r = run_command(mpirun(1, quick(dir) + " --set checkpoint.dirpath=" + ckpt), 120);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string sidecar = ckpt + "/last.h5.sum";
+  std::ifstream in(sidecar);
+  ASSERT_TRUE(in.good()) << sidecar;
+  nlohmann::json j = nlohmann::json::parse(in);
+  in.close();
+  j["algorithm"] = "xxh4_128";
+  std::ofstream(sidecar) << j.dump();
+  r = run_command(test::bin_path("ddp-checkpoint") + " verify " + ckpt + "/last.h5", 60);
+  EXPECT_EQ(r.exit_code, kExitNewerVersion) << r.output;
+  EXPECT_NE(r.output.find("written by a newer ddp-runtime"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find("corrupt"), std::string::npos) << r.output;
+  r = run_command(mpirun(1, quick(dir) + " --set checkpoint.dirpath=" + ckpt +
+                                " --set trainer.max_steps=6 --resume " + ckpt + "/last.h5"),
+                  120);
+  EXPECT_EQ(r.exit_code, kExitNewerVersion) << r.output;
+  EXPECT_NE(r.output.find("upgrade ddp-runtime"), std::string::npos) << r.output;
+  EXPECT_EQ(count(r.output, "error:"), 1u) << r.output;
+}
+
 }  // namespace
 }  // namespace ddp
