@@ -230,25 +230,25 @@ bool CheckpointPolicy::skip(int64_t step) const {
 }
 
 bool CheckpointPolicy::due_after_batch(int64_t step, bool time_due) const {
-  if (skip(step)) return false;
+  if (!options_.enabled) return false;
   const bool step_due = options_.every_n_train_steps >= 1 &&
                         step % options_.every_n_train_steps == 0;
   return step_due || (time_due && options_.train_time_interval_s > 0);
 }
 
-bool CheckpointPolicy::due_after_validation(const SavePoint& p) const {
-  return !skip(p.step) && !save_on_train_epoch_end_;
+bool CheckpointPolicy::due_after_validation(const SavePoint&) const {
+  return options_.enabled && !save_on_train_epoch_end_;
 }
 
-bool CheckpointPolicy::due_after_epoch(const SavePoint& p) const {
-  return !skip(p.step) && save_on_train_epoch_end_;
+bool CheckpointPolicy::due_after_epoch(const SavePoint&) const {
+  return options_.enabled && save_on_train_epoch_end_;
 }
 
 SavePlan CheckpointPolicy::plan_after_batch(const SavePoint& p, bool time_due,
                                             const ExistsFn& exists) const {
   SavePlan plan;
   plan.after = state_;
-  if (!due_after_batch(p.step, time_due)) return plan;
+  if (skip(p.step) || !due_after_batch(p.step, time_due)) return plan;
   save_topk(p, exists, plan);
   save_last(p, exists, plan);
   finish_plan(p, plan, {});
@@ -261,7 +261,7 @@ SavePlan CheckpointPolicy::plan_epoch_trigger(const SavePoint& p, bool due,
                                               const ExistsFn& exists) const {
   SavePlan plan;
   plan.after = state_;
-  if (!due) return plan;
+  if (skip(p.step) || !due) return plan;
   if (every_n_epochs_ >= 1 && (p.epoch + 1) % every_n_epochs_ == 0) save_topk(p, exists, plan);
   save_last(p, exists, plan);
   finish_plan(p, plan, {});

@@ -108,8 +108,9 @@ class CheckpointPolicy {
   int64_t every_n_epochs() const { return every_n_epochs_; }
   bool save_on_train_epoch_end() const { return save_on_train_epoch_end_; }
 
-  // Whether the hook would consider saving here (no file system access; the same answer on
-  // every rank). The planning hooks return an empty plan where this is false.
+  // Whether the hook would consider saving here, from the options alone (no state, no file
+  // system: callable while an async save commits on another thread). The planning hooks also
+  // skip a step that was saved already, and return an empty plan.
   bool due_after_batch(int64_t step, bool time_due) const;
   bool due_after_validation(const SavePoint& p) const;
   bool due_after_epoch(const SavePoint& p) const;

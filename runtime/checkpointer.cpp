@@ -237,12 +237,13 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
 std::string Checkpointer::run_plan(const ckpt::SavePoint& point, const PlanFn& make_plan) {
   wait();  // the plan starts from the committed state; at most one save in flight
   std::string text;
-  if (control_.rank() == 0) {
+  run_agreed(control_, fmt::format("checkpoint plan at step {}", point.step), [&] {
+    if (control_.rank() != 0) return;
     const ckpt::SavePlan plan = make_plan(point, [this](const std::string& name) {
       return fs_->exists((fs::path(dirpath_) / name).string());
     });
     text = ckpt::CheckpointPolicy::plan_json(plan, policy_->options());
-  }
+  });
   text = broadcast_string(control_, text, 0);
   const ckpt::SavePlan plan = ckpt::CheckpointPolicy::plan_from_json(text);
   if (!plan.warnings.empty() && !warned_monitor_) {

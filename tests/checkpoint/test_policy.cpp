@@ -200,6 +200,19 @@ TEST(CheckpointPolicy, WithoutMonitorTheNewestIsBest) {
   EXPECT_EQ(e.files.size(), 4u);
 }
 
+// Lightning's _last_global_step_saved: once a step is saved, no other hook saves it again.
+TEST(CheckpointPolicy, AStepIsSavedOnce) {
+  auto o = opts();
+  o.every_n_epochs = 0;
+  o.every_n_train_steps = 5;
+  CheckpointPolicy p(o);
+  Dir d;
+  d.apply(p, p.plan_after_batch(at(5, 0, 0.5), false, d.exists()));
+  EXPECT_TRUE(p.due_after_epoch(at(5, 0, 0.5)));  // the options alone would save here
+  EXPECT_TRUE(p.plan_after_epoch(at(5, 0, 0.5), d.exists()).empty());
+  EXPECT_EQ(p.plan_after_epoch(at(6, 0, 0.5), d.exists()).file, "last.h5");
+}
+
 TEST(CheckpointPolicy, APlanChangesNothingUntilCommitted) {
   auto o = opts();
   o.save_top_k = 1;
