@@ -270,7 +270,9 @@ std::vector<CheckpointInfo> list_checkpoints(FileSystem& fs, const std::string& 
         info.algorithm = d->algorithm;
       }
     } catch (const Error& e) {
-      if (e.kind() != ErrorKind::kCorruption) throw;
+      // Unreadable, or a newer ddp-runtime's: listed with the reason, verified (and refused)
+      // by whoever opens it.
+      if (e.kind() != ErrorKind::kCorruption && e.kind() != ErrorKind::kNewerVersion) throw;
       info.sidecar_error = e.what();
     }
     out.push_back(std::move(info));
