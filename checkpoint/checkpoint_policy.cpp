@@ -76,6 +76,14 @@ std::string format_float(double v, const std::string& spec) {
 
 bool better(double a, double b, const std::string& mode) { return mode == "max" ? a > b : a < b; }
 
+// Best first; equal scores keep their insertion order.
+std::vector<std::pair<std::string, double>> ranked_by(
+    std::vector<std::pair<std::string, double>> models, const std::string& mode) {
+  std::stable_sort(models.begin(), models.end(),
+                   [&](const auto& a, const auto& b) { return better(a.second, b.second, mode); });
+  return models;
+}
+
 json score_json(double v) {
   if (std::isnan(v)) return "nan";
   if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
@@ -428,10 +436,7 @@ void CheckpointPolicy::commit(const SavePlan& plan) {
 }
 
 std::vector<std::pair<std::string, double>> CheckpointPolicy::ranked() const {
-  auto v = state_.best_k_models;
-  std::stable_sort(v.begin(), v.end(),
-                   [&](const auto& a, const auto& b) { return better(a.second, b.second, options_.mode); });
-  return v;
+  return ranked_by(state_.best_k_models, options_.mode);
 }
 
 std::string CheckpointPolicy::to_json(const PolicyState& s, const CheckpointPolicyOptions& o) {
@@ -442,11 +447,8 @@ std::string CheckpointPolicy::to_json(const PolicyState& s, const CheckpointPoli
   for (const auto& [f, v] : s.best_k_models) models.push_back({f, score_json(v)});
   j["best_k_models"] = models;
   // Best first, for readers of the older table (ddp-checkpoint ls, resume=best).
-  auto ranked = s.best_k_models;
-  std::stable_sort(ranked.begin(), ranked.end(),
-                   [&](const auto& a, const auto& b) { return better(a.second, b.second, o.mode); });
   json best_k = json::array();
-  for (const auto& [f, v] : ranked) best_k.push_back({{"file", f}, {"score", score_json(v)}});
+  for (const auto& [f, v] : ranked_by(s.best_k_models, o.mode)) best_k.push_back({{"file", f}, {"score", score_json(v)}});
   if (best_k.empty() && !s.best_model_path.empty() && o.monitor.empty()) {
     best_k.push_back({{"file", s.best_model_path}, {"score", nullptr}});
   }

@@ -394,20 +394,16 @@ void Checkpointer::wait() {
                         (fs::path(dirpath_) / last_committed_).string(), last_committed_step_);
   try {
     std::rethrow_exception(error);
-  } catch (const AgreedError& e) {
-    if (trainer_.config().checkpoint.on_error == "continue") {
-      log0(control_, fmt::format("warning: checkpoint save failed, training continues "
-                                 "(checkpoint.on_error=continue): {}; {}",
-                                 e.what(), kept));
-      return;
-    }
-    throw AgreedError(e.kind(), fmt::format("{}; {}", e.what(), kept));
   } catch (const std::exception& e) {
     if (trainer_.config().checkpoint.on_error == "continue") {
       log0(control_, fmt::format("warning: checkpoint save failed, training continues "
                                  "(checkpoint.on_error=continue): {}; {}",
                                  e.what(), kept));
       return;
+    }
+    // An agreed error (every rank has it) keeps its kind, now with what is kept.
+    if (const auto* agreed = dynamic_cast<const AgreedError*>(&e)) {
+      throw AgreedError(agreed->kind(), fmt::format("{}; {}", e.what(), kept));
     }
     throw;
   }
