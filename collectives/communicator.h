@@ -93,6 +93,11 @@ class Communicator {
   virtual void gather_bytes_into(const void* data, size_t bytes, int root, GatherBuffer* out) = 0;
   // The same into fresh vectors: at root size() entries (rank order); elsewhere empty.
   std::vector<std::vector<uint8_t>> gather_bytes(const void* data, size_t bytes, int root);
+  // The inverse: root sends (*parts)[r] to rank r and every rank returns its own part (root
+  // included). `parts` is read at root only (size() entries; may be null elsewhere). Host
+  // memory only.
+  virtual std::vector<uint8_t> scatter_bytes(const std::vector<std::vector<uint8_t>>* parts,
+                                             int root) = 0;
   // Ends every process of the job with `exit_code`. Used when one rank cannot continue and
   // the others may be blocked in a collective.
   [[noreturn]] virtual void abort(int exit_code) = 0;

@@ -24,6 +24,10 @@ enum class ErrorKind {
   kInternal,         // a bug in ddp-runtime
 };
 
+// What a rank prints when it ends the whole job (a watchdog expiry, an abort): ddp-launch
+// watches the job's stderr for it to bound a launcher that cannot finish ending the job.
+constexpr const char* kAbortNotice = "aborting all ranks";
+
 // Process exit codes, one per kind. Documented in README.md ("Exit codes").
 constexpr int kExitOk = 0;
 constexpr int kExitInternal = 1;

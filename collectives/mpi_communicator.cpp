@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include "collectives/daemon_reaper.h"
 #include "collectives/error.h"
 #include "collectives/mpi_check.h"
 
@@ -16,6 +17,8 @@ namespace {
 
 // Largest element count handed to one MPI call (MPI counts are int).
 constexpr size_t kMaxChunk = size_t{1} << 30;
+// How long MPI_Abort gets to end this host's daemon before the reaper does (daemon_reaper.h).
+constexpr double kDaemonReaperGraceS = 5.0;
 
 template <uint16_t (*kToBits)(float), float (*kFromBits)(uint16_t)>
 void sum_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
@@ -206,9 +209,10 @@ MpiCommunicator::MpiCommunicator(CommunicatorOptions options, MPI_Comm comm)
                                                                  const char* what, double s) {
     std::fprintf(stderr,
                  "ddp: rank %d: %s did not complete within %.1f s (ddp.timeout_s): a peer rank "
-                 "died or stalled; aborting all ranks\n",
-                 rank, what, s);
+                 "or its host died, stalled or became unreachable; %s\n",
+                 rank, what, s, kAbortNotice);
     std::fflush(stderr);
+    arm_daemon_reaper(kDaemonReaperGraceS);
     MPI_Abort(abort_comm, kExitDistributed);
   });
 }
@@ -298,9 +302,43 @@ void MpiCommunicator::gather_bytes_into(const void* data, size_t bytes, int root
                             counts.data(), displs.data(), MPI_BYTE, root, comm_));
 }
 
+std::vector<uint8_t> MpiCommunicator::scatter_bytes(const std::vector<std::vector<uint8_t>>* parts,
+                                                    int root) {
+  Watchdog::Scope guard(*watchdog_, "MPI_Scatterv");
+  const bool at_root = rank_ == root;
+  if (at_root && (parts == nullptr || parts->size() != static_cast<size_t>(size_))) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("scatter_bytes: root needs {} parts, got {}", size_,
+                            parts ? parts->size() : 0));
+  }
+  std::vector<int64_t> sizes;
+  std::vector<int> counts, displs;
+  std::vector<uint8_t> packed;
+  if (at_root) {
+    size_t total = 0;
+    for (const auto& p : *parts) {
+      sizes.push_back(static_cast<int64_t>(p.size()));
+      displs.push_back(checked_int(total, "MPI_Scatterv"));
+      counts.push_back(checked_int(p.size(), "MPI_Scatterv"));
+      total += p.size();
+    }
+    checked_int(total, "MPI_Scatterv");
+    packed.reserve(total);
+    for (const auto& p : *parts) packed.insert(packed.end(), p.begin(), p.end());
+  }
+  int64_t mine = 0;
+  DDP_MPI_CHECK(MPI_Scatter(sizes.data(), 1, MPI_INT64_T, &mine, 1, MPI_INT64_T, root, comm_));
+  std::vector<uint8_t> out(static_cast<size_t>(mine));
+  DDP_MPI_CHECK(MPI_Scatterv(packed.data(), counts.data(), displs.data(), MPI_BYTE, out.data(),
+                             checked_int(out.size(), "MPI_Scatterv"), MPI_BYTE, root, comm_));
+  return out;
+}
+
 void MpiCommunicator::abort(int exit_code) {
   std::fflush(stdout);
+  std::fprintf(stderr, "ddp: rank %d: %s (exit %d)\n", rank_, kAbortNotice, exit_code);
   std::fflush(stderr);
+  arm_daemon_reaper(kDaemonReaperGraceS);
   MPI_Abort(comm_, exit_code);
   std::_Exit(exit_code);
 }

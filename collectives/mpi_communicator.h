@@ -53,6 +53,8 @@ class MpiCommunicator final : public Communicator {
                                          ReduceOp op) override;
   void all_gather(const void* send, void* recv, size_t count, DType dtype) override;
   void gather_bytes_into(const void* data, size_t bytes, int root, GatherBuffer* out) override;
+  std::vector<uint8_t> scatter_bytes(const std::vector<std::vector<uint8_t>>* parts,
+                                     int root) override;
   [[noreturn]] void abort(int exit_code) override;
 
   MPI_Comm mpi_comm() const { return comm_; }

@@ -193,6 +193,11 @@ void NcclCommunicator::gather_bytes_into(const void* data, size_t bytes, int roo
   bootstrap_.gather_bytes_into(data, bytes, root, out);
 }
 
+std::vector<uint8_t> NcclCommunicator::scatter_bytes(
+    const std::vector<std::vector<uint8_t>>* parts, int root) {
+  return bootstrap_.scatter_bytes(parts, root);
+}
+
 void NcclCommunicator::abort(int exit_code) {
   if (comm_) ncclCommAbort(comm_);
   comm_ = nullptr;

@@ -18,6 +18,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/checkpoint_broadcast.h"
 #include "checkpoint/commit.h"
 #include "checkpoint/file_system.h"
 #include "checkpoint/format_reader.h"
@@ -100,12 +101,16 @@ Checkpointer::~Checkpointer() {
   if (worker_.joinable()) worker_.join();
 }
 
-std::string Checkpointer::choose(const std::string& mode) {
+std::string Checkpointer::choose_and_read(const std::string& mode, ckpt::Checkpoint* out) {
+  // One pass over the chosen file: the sidecar's whole-file checksum before HDF5 opens it,
+  // then each tensor against its own checksum as it is read.
+  const ckpt::ReadOptions opts;
   if (mode == "none") return "";
   if (mode != "auto" && mode != "last" && mode != "best") {
     if (!fs::exists(mode)) {
       throw Error(ErrorKind::kNotFound, fmt::format("checkpoint '{}' not found", mode));
     }
+    *out = ckpt::read_checkpoint(mode, opts);
     return mode;
   }
   if (!fs::exists(dirpath_)) {
@@ -144,16 +149,20 @@ std::string Checkpointer::choose(const std::string& mode) {
     }
   }
   for (const auto& path : candidates) {
-    const auto result = ckpt::verify_file(path);
-    if (result.ok()) return path;
-    // Written by a newer ddp-runtime: resuming from an older file would silently lose the
-    // progress in it. The user upgrades instead.
-    if (result.error->kind() == ErrorKind::kNewerVersion) throw *result.error;
-    std::fprintf(stderr,
-                 "ddp-train: warning: checkpoint '%s' is not usable (%s); trying the previous "
-                 "one\n",
-                 path.c_str(), result.error->what());
+    try {
+      *out = ckpt::read_checkpoint(path, opts);
+      return path;
+    } catch (const Error& e) {
+      // Written by a newer ddp-runtime: resuming from an older file would silently lose the
+      // progress in it. The user upgrades instead.
+      if (e.kind() == ErrorKind::kNewerVersion) throw;
+      std::fprintf(stderr,
+                   "ddp-train: warning: checkpoint '%s' is not usable (%s); trying the previous "
+                   "one\n",
+                   path.c_str(), e.what());
+    }
   }
+  *out = ckpt::Checkpoint{};
   if (mode == "auto") return "";
   throw Error(ErrorKind::kNotFound,
               fmt::format("resume={}: no valid checkpoint in '{}'", mode, dirpath_));
@@ -161,10 +170,15 @@ std::string Checkpointer::choose(const std::string& mode) {
 
 ResumeInfo Checkpointer::resume(const std::string& mode) {
   wait();  // loading changes what an async save in flight may still be copying
+  // Rank 0 alone chooses, verifies and reads the file; the others receive it (no rank but 0
+  // needs to see the directory: node-local disks, and one read instead of N on shared ones).
+  ckpt::Checkpoint c;
   std::string chosen;
-  run_agreed(control_, "resume: choosing a checkpoint", [&] {
-    if (control_.rank() == 0) chosen = choose(mode);
+  const double t0 = now_s();
+  run_agreed(control_, "resume: choosing and reading a checkpoint", [&] {
+    if (control_.rank() == 0) chosen = choose_and_read(mode, &c);
   });
+  const double t_read = now_s();
   chosen = broadcast_string(control_, chosen, 0);
   ResumeInfo info;
   info.file = chosen;
@@ -172,11 +186,14 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
     if (mode == "auto") log0(control_, "resume=auto: no checkpoint found, starting fresh");
     return info;
   }
+  if (control_.size() > 1) {
+    run_agreed(control_, fmt::format("resume from '{}': handing it to every rank", chosen), [&] {
+      maybe_pause_at("resume", control_.rank());
+      ckpt::broadcast_checkpoint(control_, 0, &c);
+    });
+  }
+  const double t_sent = now_s();
   run_agreed(control_, fmt::format("resume from '{}'", chosen), [&] {
-    ckpt::ReadOptions opts;
-    // Rank 0 verified the whole-file checksum; every rank still checks each tensor it reads.
-    opts.verify_file_checksum = control_.rank() == 0;
-    const ckpt::Checkpoint c = ckpt::read_checkpoint(chosen, opts);
     const auto& m = c.meta;
     const std::string fp = architecture_fingerprint(trainer_.model());
     load_model_state(trainer_.model(), c, /*strict=*/true);
@@ -229,7 +246,12 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
                      info.saved_world_size, control_.size(), trainer_.state().epoch,
                      trainer_.state().batch_in_epoch));
   }
-  log0(control_, fmt::format("resumed from '{}' at step {}", chosen, info.global_step));
+  uint64_t bytes = 0;
+  for (const auto& t : c.tensors) bytes += t.data.size();
+  log0(control_, fmt::format("resumed from '{}' at step {} ({:.1f} MB: read and verified on "
+                             "rank 0 in {:.2f} s, handed to {} other rank(s) in {:.2f} s)",
+                             chosen, info.global_step, static_cast<double>(bytes) / 1e6,
+                             t_read - t0, control_.size() - 1, t_sent - t_read));
   resume_info_ = info;
   return info;
 }
@@ -257,6 +279,7 @@ std::string Checkpointer::run_plan(const ckpt::SavePoint& point, const PlanFn& m
 void Checkpointer::start_save(const ckpt::SavePlan& plan,
                               const std::map<std::string, double>& metrics) {
   const double t0 = now_s();
+  maybe_pause_at("save", control_.rank());
   const auto& cfg = trainer_.config();
   const TrainerState& st = trainer_.state();
   const bool weights_only = cfg.checkpoint.save_weights_only;

@@ -1,6 +1,7 @@
 // Checkpointer: the Trainer's side of checkpointing — when to save (ckpt::CheckpointPolicy),
 // what to save (state_io.h), how (sharded save over the Communicator, optionally async), and
-// resume (barrier-protected: rank 0 chooses and verifies, everyone loads, all agree).
+// resume (barrier-protected: rank 0 chooses, verifies and reads the file, broadcasts it to the
+// others — checkpoint_broadcast.h — everyone loads, all agree).
 //
 // Collective: every public method that saves or loads must be called by all ranks at the
 // same point of training.
@@ -19,6 +20,7 @@
 #include <string>
 #include <thread>
 
+#include "checkpoint/checkpoint_data.h"
 #include "checkpoint/checkpoint_policy.h"
 #include "checkpoint/sharded_save.h"
 #include "collectives/communicator.h"
@@ -85,7 +87,9 @@ class Checkpointer {
   double last_stall_s() const { return last_stall_s_; }
 
  private:
-  std::string choose(const std::string& mode);  // rank 0 only
+  // Rank 0 only: the file checkpoint.resume names, read into *out (verified on the way); for
+  // auto/last/best, older candidates in turn when one is damaged. "" when there is none.
+  std::string choose_and_read(const std::string& mode, ckpt::Checkpoint* out);
   // Plans on rank 0 (its directory decides "-vN" names), hands the plan to every rank, and
   // starts the save if there is one. Collective.
   // Returns the plan's file ("" when nothing is saved here).

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 
 namespace ddp {
@@ -30,6 +31,22 @@ void maybe_delay_background_snapshot(int rank) {
     std::fprintf(stderr, "ddp-train: [fault injection] async saves copy %.2f s late\n", seconds);
     logged = true;
   }
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+}
+
+void maybe_pause_at(const char* where, int rank) {
+  static const char* spec = std::getenv("DDP_FAULT_PAUSE");
+  static bool done = false;
+  if (!spec || done) return;
+  char at[16] = {0};
+  int r = -1;
+  double seconds = 0;
+  if (std::sscanf(spec, "%15[a-z]:%d:%lf", at, &r, &seconds) != 3) return;
+  if (r != rank || std::strcmp(at, where) != 0) return;
+  done = true;
+  std::fprintf(stderr, "ddp-train: [fault injection] rank %d pauses %.1f s at %s\n", rank,
+               seconds, where);
+  std::fflush(stderr);
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 

@@ -21,8 +21,10 @@
 #include "runtime/metrics.h"
 #include "runtime/fault_injection.h"
 #include "runtime/stop_signal.h"
+#include "runtime/topology.h"
 
 #if defined(DDP_WITH_NCCL)
+#include "collectives/cuda_check.h"
 #include "collectives/nccl_communicator.h"
 #endif
 
@@ -124,6 +126,14 @@ void Trainer::setup() {
   }
   std::string backend = config_.ddp.backend;
   if (backend == "auto") backend = device_.is_cuda() ? "nccl" : "mpi";
+  const Topology topology = discover_topology(control_);
+  if (rank == 0) {
+    std::fprintf(stderr, "ddp-train: topology: %s\n", topology.describe().c_str());
+    if (topology.hosts.size() > 1) {
+      std::fprintf(stderr, "ddp-train: network (rank 0's view): %s\n",
+                   network_summary(backend == "nccl").c_str());
+    }
+  }
   if (backend == "nccl" && !device_.is_cuda()) {
     throw Error(ErrorKind::kInvalidArgument,
                 "ddp.backend=nccl needs model.device=cuda (NCCL reduces GPU memory)");
@@ -137,7 +147,18 @@ void Trainer::setup() {
 #if defined(DDP_WITH_NCCL)
     auto* mpi = dynamic_cast<MpiCommunicator*>(&control_);
     if (!mpi) throw Error(ErrorKind::kInternal, "the NCCL backend needs an MPI bootstrap");
-    auto nccl = std::make_unique<NcclCommunicator>(*mpi, -1, control_.options());
+    // One GPU per rank: the rank's index within its host picks it. More ranks on a host
+    // than GPUs would share GPUs behind the user's back (or run out of memory later).
+    const int gpus = cuda_device_count_or_zero();
+    if (topology.mine.local_size > gpus) {
+      throw Error(ErrorKind::kInvalidArgument,
+                  fmt::format("host {} runs {} ranks but has {} GPU(s) visible: run at most {} "
+                              "rank(s) per host (mpirun --map-by ppr:{}:node), or make more "
+                              "GPUs visible (CUDA_VISIBLE_DEVICES)",
+                              topology.mine.host, topology.mine.local_size, gpus, gpus, gpus));
+    }
+    auto nccl = std::make_unique<NcclCommunicator>(*mpi, topology.mine.local_rank,
+                                                   control_.options());
     device_ = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(nccl->device()));
     nccl->set_compute_stream(static_cast<CUstream_st*>(torch_current_cuda_stream()));
     owned_grad_comm_ = std::move(nccl);
