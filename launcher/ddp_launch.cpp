@@ -80,7 +80,8 @@ extern "C" void forward_signal(int sig) {
 }
 
 // Runs the job once. `abort_grace_s`: see the file comment.
-int run_once(const std::vector<std::string>& command, double abort_grace_s) {
+int run_once(const std::vector<std::string>& command, double abort_grace_s,
+             int preemption_exit_code) {
   std::vector<char*> argv;
   for (const auto& a : command) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
@@ -155,14 +156,18 @@ int run_once(const std::vector<std::string>& command, double abort_grace_s) {
   if (killed) return ddp::kExitDistributed;
   if (WIFEXITED(status)) {
     const int rc = WEXITSTATUS(status);
-    // 200-255: Open MPI's own (an ORTE error, negative, as an exit status), when mpirun lost
-    // a host's daemon (a dead host, a partition) or could not start one; never a ddp-train
-    // code. For the user and for the restart policy that is a distributed failure.
-    if (rc >= 200) {
+    // Not a ddp-train code (README "Exit codes"): mpirun's own. It exits with a rank's signal
+    // number when a rank was killed (a dead host takes its ranks with it), and with an ORTE
+    // error (200-255) when it lost a host's daemon (a partition) or could not start one. For
+    // the user and for the restart policy both are a distributed failure.
+    const bool ours = rc <= ddp::kExitNewerVersion || rc == preemption_exit_code || rc == 127 ||
+                      (rc > 128 && rc < 200);  // 128+N: a shell reporting signal N
+    if (!ours) {
       std::fprintf(stderr,
-                   "ddp-launch: mpirun exited with %d, not a ddp-train code: a host died, "
-                   "became unreachable or could not be started; counted as exit %d\n",
-                   rc, ddp::kExitDistributed);
+                   "ddp-launch: mpirun exited with %d, not a ddp-train code: a rank was killed "
+                   "(signal %d?) or a host died, became unreachable or could not be started; "
+                   "counted as exit %d\n",
+                   rc, rc, ddp::kExitDistributed);
       return ddp::kExitDistributed;
     }
     return rc;
@@ -191,6 +196,7 @@ int main(int argc, char** argv) {
   double max_backoff_s = 300.0;
   double abort_grace_s = 10.0;
   double network_timeout_s = 30.0;
+  int preemption_exit_code = 75;
   std::vector<std::string> command;
   app.add_option("--max-restarts", max_restarts, "restarts allowed (0: run once)")
       ->check(CLI::NonNegativeNumber);
@@ -205,6 +211,10 @@ int main(int argc, char** argv) {
                  "a host silent this long ends the job (Open MPI out-of-band keepalive; 0: "
                  "leave Open MPI's settings)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--preemption-exit-code", preemption_exit_code,
+                 "the job's preemption.exit_code, if not 75 (any other code that is not "
+                 "ddp-train's is mpirun's: counted as exit 3)")
+      ->check(CLI::Range(5, 125));
   app.add_option("command", command, "the job: mpirun ... ddp-train ...")->required();
   app.allow_extras(false);
   try {
@@ -226,7 +236,7 @@ int main(int argc, char** argv) {
   for (int attempt = 0;; ++attempt) {
     std::fprintf(stderr, "ddp-launch: attempt %d of %d\n", attempt + 1, max_restarts + 1);
     const auto t0 = std::chrono::steady_clock::now();
-    const int rc = run_once(command, abort_grace_s);
+    const int rc = run_once(command, abort_grace_s, preemption_exit_code);
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::fprintf(stderr, "ddp-launch: attempt %d ended with exit code %d after %.1f s\n",

@@ -188,7 +188,7 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
   }
   if (control_.size() > 1) {
     run_agreed(control_, fmt::format("resume from '{}': handing it to every rank", chosen), [&] {
-      maybe_pause_at("resume", control_.rank());
+      maybe_pause_at("resume", control_.rank(), 0);
       ckpt::broadcast_checkpoint(control_, 0, &c);
     });
   }
@@ -279,7 +279,7 @@ std::string Checkpointer::run_plan(const ckpt::SavePoint& point, const PlanFn& m
 void Checkpointer::start_save(const ckpt::SavePlan& plan,
                               const std::map<std::string, double>& metrics) {
   const double t0 = now_s();
-  maybe_pause_at("save", control_.rank());
+  maybe_pause_at("save", control_.rank(), trainer_.state().global_step);
   const auto& cfg = trainer_.config();
   const TrainerState& st = trainer_.state();
   const bool weights_only = cfg.checkpoint.save_weights_only;

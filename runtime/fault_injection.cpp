@@ -34,18 +34,19 @@ void maybe_delay_background_snapshot(int rank) {
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }
 
-void maybe_pause_at(const char* where, int rank) {
+void maybe_pause_at(const char* where, int rank, int64_t step) {
   static const char* spec = std::getenv("DDP_FAULT_PAUSE");
   static bool done = false;
   if (!spec || done) return;
   char at[16] = {0};
   int r = -1;
   double seconds = 0;
-  if (std::sscanf(spec, "%15[a-z]:%d:%lf", at, &r, &seconds) != 3) return;
-  if (r != rank || std::strcmp(at, where) != 0) return;
+  long long from_step = 0;
+  const int n = std::sscanf(spec, "%15[a-z]:%d:%lf:%lld", at, &r, &seconds, &from_step);
+  if (n < 3 || r != rank || std::strcmp(at, where) != 0 || step < from_step) return;
   done = true;
-  std::fprintf(stderr, "ddp-train: [fault injection] rank %d pauses %.1f s at %s\n", rank,
-               seconds, where);
+  std::fprintf(stderr, "ddp-train: [fault injection] rank %d pauses %.1f s at %s (step %lld)\n",
+               rank, seconds, where, static_cast<long long>(step));
   std::fflush(stderr);
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
 }

@@ -7,12 +7,13 @@
 //                                              <seconds> before its part of the snapshot copy,
 //                                              so the training thread reaches its next update
 //                                              first (Checkpointer::before_update must copy).
-//   DDP_FAULT_PAUSE="<where>:<rank>:<seconds>"   rank <rank> sleeps <seconds> the first time it
-//                                              reaches <where>: "save" (before its part of a
-//                                              save's gather) or "resume" (before the
-//                                              checkpoint broadcast), announcing it on stderr,
-//                                              so a test can cut the network mid-save or
-//                                              mid-resume.
+//   DDP_FAULT_PAUSE="<where>:<rank>:<seconds>[:<step>]"
+//                                              rank <rank> sleeps <seconds> the first time it
+//                                              reaches <where> at global step >= <step>
+//                                              (default 0): "save" (before its part of a
+//                                              save) or "resume" (before the checkpoint
+//                                              broadcast), announcing it on stderr, so a test
+//                                              can cut the network mid-save or mid-resume.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +22,6 @@ namespace ddp {
 
 void maybe_inject_stall(int rank, int64_t step);
 void maybe_delay_background_snapshot(int rank);
-void maybe_pause_at(const char* where, int rank);
+void maybe_pause_at(const char* where, int rank, int64_t step);
 
 }  // namespace ddp

@@ -66,3 +66,36 @@ grep -q "not restarting" "$work/term.log" || { echo "FAIL: expected no restart";
 grep -q "attempt 2 of" "$work/term.log" && { echo "FAIL: restarted after SIGTERM"; exit 1; }
 "$bin/ddp-checkpoint" verify "$work/term/checkpoints" >/dev/null
 echo "SIGTERM to ddp-launch: job saved and exited 75, no restart: OK"
+
+# 3. A job that cannot finish ending itself once a rank has aborted it (mpirun waiting forever
+#    for a host across a partition; here a script that ignores SIGTERM): ddp-launch ends it and
+#    everything it started within --abort-grace + 3 s, and counts it as exit 3. It also hands
+#    the job Open MPI's daemon keepalive (--network-timeout) unless the user set it.
+cat >"$work/stuck_job.sh" <<'JOB'
+trap '' TERM
+echo "keepalive=$OMPI_MCA_oob_tcp_keepalive_time/$OMPI_MCA_oob_tcp_keepalive_intvl/$OMPI_MCA_oob_tcp_keepalive_probes"
+echo "ddp: rank 1: MPI_Allreduce did not complete within 10.0 s (ddp.timeout_s): ...; aborting all ranks" >&2
+sleep 300 &
+echo "child=$!"
+wait
+JOB
+t0=$(now_ms)
+set +e
+"$bin/ddp-launch" --max-restarts 0 --abort-grace 2 --network-timeout 12 -- bash "$work/stuck_job.sh" \
+    >"$work/stuck.log" 2>&1
+rc=$?
+set -e
+took=$(( $(now_ms) - t0 ))
+[[ $rc == 3 ]] || { echo "FAIL: a job stuck after an abort: ddp-launch exit $rc, expected 3"; cat "$work/stuck.log"; exit 1; }
+(( took < 8000 )) || { echo "FAIL: the stuck job was ended after $took ms (grace 2 s + 3 s)"; exit 1; }
+grep -q "has not exited 2 s after a rank aborted it" "$work/stuck.log" || { echo "FAIL: no message"; cat "$work/stuck.log"; exit 1; }
+child=$(sed -n 's/^child=//p' "$work/stuck.log")
+# (A zombie is gone: killed, waiting only for init to reap it.)
+if [[ -e /proc/$child ]] && ! grep -q '^State:.*Z' "/proc/$child/status" 2>/dev/null; then
+  echo "FAIL: the job's child $child outlived it"; exit 1
+fi
+grep -q "keepalive=6/2/3" "$work/stuck.log" || { echo "FAIL: keepalive not set: $(grep keepalive "$work/stuck.log")"; exit 1; }
+OMPI_MCA_oob_tcp_keepalive_time=99 "$bin/ddp-launch" --max-restarts 0 -- \
+    bash -c 'echo "keepalive=$OMPI_MCA_oob_tcp_keepalive_time"' >"$work/keep.log" 2>&1
+grep -q "keepalive=99" "$work/keep.log" || { echo "FAIL: ddp-launch overrode the user's keepalive"; exit 1; }
+echo "stuck job after an abort: ended after ${took} ms (grace 2 s), exit 3, nothing left behind: OK"

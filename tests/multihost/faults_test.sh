@@ -2,7 +2,8 @@
 # Faults across hosts made of network namespaces (tests/multihost/hosts.sh), 2 hosts x RANKS
 # ranks, node-local disks, every job under ddp-launch:
 #  step    host 1's link taken down while training;
-#  save    host 1's link taken down while its rank is in a save (DDP_FAULT_PAUSE=save);
+#  save    host 1's link taken down while its rank is in a save (DDP_FAULT_PAUSE=save), the
+#          one at step 60, with earlier ones committed;
 #  resume  host 1's link taken down while the checkpoint is handed over (DDP_FAULT_PAUSE=resume);
 #  host    every process on host 1 killed (a dead host).
 # For each: every process of the job on every host (ranks, orted, mpirun) is gone within
@@ -55,14 +56,14 @@ last_step() { sed -n 's/^step \([0-9]*\)\/.*/\1/p' "$1" | tail -1; }
 
 # job_gone HOSTFILE: no mpirun of this harness and no process in any host's namespace.
 job_gone() {
-  [[ -z $(mh_orphans) ]] && ! pgrep -f "mpirun.*$MH_WORK/hostfile" >/dev/null
+  [[ -z $(mh_orphans) ]] && ! pgrep -f "^mpirun .*$MH_WORK/hostfile" >/dev/null
 }
 
 run_fault() { # fault
   local fault=$1 log=$MH_WORK/$1.log
   local env=()
   case $fault in
-    save) env=(DDP_FAULT_PAUSE=save:1:6) ;;
+    save) env=(DDP_FAULT_PAUSE=save:1:6:60) ;;  # a later save: one is committed before
     resume) env=(DDP_FAULT_PAUSE=resume:1:6) ;;
   esac
   if [[ $fault == resume ]]; then
@@ -89,13 +90,14 @@ run_fault() { # fault
   local gone_ms=
   while (($(now_ms) - t0 < (bound + 5) * 1000)); do
     if job_gone; then gone_ms=$(($(now_ms) - t0)); break; fi
-    sleep 0.2
+    [[ -n ${MH_TRACE:-} ]] && { echo "t=$(($(now_ms) - t0)) ms"; mh_orphans | cut -c1-90; }
+    sleep ${MH_TRACE:-0.2}
   done
   mh_link_up 1
   if [[ -z $gone_ms ]]; then
     fail "$fault: processes still alive $((bound + 5)) s after the fault:"
     mh_orphans | sed 's/^/    /'
-    pgrep -fa "mpirun.*$MH_WORK/hostfile" | cut -c1-120 | sed 's/^/    /'
+    pgrep -fa "^mpirun .*$MH_WORK/hostfile" | cut -c1-120 | sed 's/^/    /'
   elif ((gone_ms > bound * 1000)); then
     fail "$fault: the job took $gone_ms ms to end everywhere (bound ${bound} s)"
   fi
@@ -105,6 +107,7 @@ run_fault() { # fault
   first_rc=$(sed -n 's/.*attempt 1 ended with exit code \([0-9]*\).*/\1/p' "$log")
   [[ -n $first_rc && $first_rc != 0 ]] || fail "$fault: the failed attempt reported exit '${first_rc}'"
   [[ $rc == 0 ]] || { fail "$fault: ddp-launch exit $rc, expected 0 after a restart"; tail -20 "$log" | sed 's/^/    /'; }
+  [[ -n ${MH_KEEP_LOGS:-} ]] && cp "$log" "$MH_KEEP_LOGS/"
   grep -q "resumed from" "$log" || fail "$fault: the restart did not resume from a checkpoint"
   local resumed
   resumed=$(grep -o "resumed from '[^']*' at step [0-9]*" "$log" | tail -1)
