@@ -21,10 +21,14 @@
 //                 torch_fsync   torch.save of a dict of same-shaped tensors (Python peer,
 //                               bench/torch_save_peer.py), then flush + os.fsync
 //                 torch_nofsync the same without fsync (data left in the page cache)
-//   resume rounds resume        every rank: ckpt::read_checkpoint (rank 0 checks the whole-file
-//                               checksum, as Checkpointer::resume) + load_model_state +
+//   resume rounds resume        as Checkpointer::resume: rank 0 ckpt::read_checkpoint (whole-
+//                               file checksum, then each tensor's), ckpt::broadcast_checkpoint
+//                               to the others, every rank load_model_state +
 //                               load_optimizer_state; time until every rank is done
 //                 raw_read      rank 0: sequential read of the same file in 4 MiB reads
+//                 raw_read_bcast rank 0 reads the file into memory (4 MiB reads), then one
+//                               MPI broadcast of its bytes to every rank (the floor for a
+//                               resume that reads once and hands the bytes over)
 //                 (page cache dropped before each, where /proc/sys/vm/drop_caches is writable)
 //   stall rounds  each a save, then the next training step (forward/backward on a fixed batch,
 //                 Checkpointer::before_update, optimizer.step), timed too
@@ -76,6 +80,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
+#include "checkpoint/checkpoint_broadcast.h"
 #include "checkpoint/commit.h"
 #include "checkpoint/file_system.h"
 #include "checkpoint/format_reader.h"
@@ -277,13 +282,17 @@ void raw_write(const std::string& path, const uint8_t* data, size_t bytes) {
   if (::close(fd) != 0) fail_errno("close", path);
 }
 
-uint64_t raw_read(const std::string& path) {
+// Reads the whole file; into `keep` (resized to the file) when given, else into one block.
+uint64_t raw_read(const std::string& path, std::vector<uint8_t>* keep = nullptr) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail_errno("open", path);
   std::vector<uint8_t> buf(kIoBlock);
+  if (keep) keep->resize(fs::file_size(path));
   uint64_t total = 0;
   for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    uint8_t* dst = keep ? keep->data() + total : buf.data();
+    const size_t want = keep ? std::min<size_t>(kIoBlock, keep->size() - total) : buf.size();
+    const ssize_t n = want == 0 ? 0 : ::read(fd, dst, want);
     if (n < 0) {
       if (errno == EINTR) continue;
       fail_errno("read", path);
@@ -490,9 +499,9 @@ double resume_once(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::strin
   comm.barrier();
   const uint64_t faults0 = minor_fault_bytes();
   const double t0 = now_s();
-  ddp::ckpt::ReadOptions opts;
-  opts.verify_file_checksum = comm.rank() == 0;  // as Checkpointer::resume
-  const ddp::ckpt::Checkpoint c = ddp::ckpt::read_checkpoint(path, opts);
+  ddp::ckpt::Checkpoint c;
+  if (comm.rank() == 0) c = ddp::ckpt::read_checkpoint(path);  // as Checkpointer::resume
+  if (comm.size() > 1) ddp::ckpt::broadcast_checkpoint(comm, 0, &c);
   ddp::load_model_state(t.model(), c, /*strict=*/true);
   ddp::load_optimizer_state(t.optimizer(), t.config().optimizer.name, t.model(), c);
   const double secs = now_s() - t0;
@@ -719,7 +728,7 @@ int main(int argc, char** argv) {
       comm.broadcast(&can_drop, 1, ddp::DType::kInt32, 0);
       std::map<std::string, std::vector<double>> rt;
       std::vector<double> resume_faults;
-      const std::vector<std::string> rvariants{"resume", "raw_read"};
+      const std::vector<std::string> rvariants{"resume", "raw_read", "raw_read_bcast"};
       for (int r = 0; r < opt.rounds; ++r) {
         for (size_t k = 0; k < rvariants.size(); ++k) {
           const std::string& v = rvariants[(static_cast<size_t>(r) + k) % rvariants.size()];
@@ -731,7 +740,7 @@ int main(int argc, char** argv) {
             uint64_t fb = 0;
             rt[v].push_back(resume_once(comm, trainer, resume_file, &fb));
             resume_faults.push_back(static_cast<double>(fb));
-          } else {
+          } else if (v == "raw_read") {
             double secs = 0;
             if (root) {
               const double t0 = now_s();
@@ -740,11 +749,21 @@ int main(int argc, char** argv) {
             }
             comm.barrier();
             rt[v].push_back(secs);
+          } else {
+            const double t0 = now_s();
+            std::vector<uint8_t> bytes;
+            uint64_t n = 0;
+            if (root) n = raw_read(resume_file, &bytes);
+            comm.broadcast(&n, 1, ddp::DType::kInt64, 0);
+            bytes.resize(n);
+            comm.broadcast(bytes.data(), n, ddp::DType::kUInt8, 0);
+            rt[v].push_back(max_over_ranks(comm, now_s() - t0));
           }
         }
-        progress(root, fmt::format("resume round {}/{}: resume {:.3f} s, raw read {:.3f} s",
+        progress(root, fmt::format("resume round {}/{}: resume {:.3f} s, raw read {:.3f} s, "
+                                   "raw read + broadcast {:.3f} s",
                                    r + 1, opt.rounds, rt["resume"].back(),
-                                   rt["raw_read"].back()));
+                                   rt["raw_read"].back(), rt["raw_read_bcast"].back()));
       }
       if (root) {
         json res;
@@ -752,6 +771,8 @@ int main(int argc, char** argv) {
         for (const auto& v : rvariants) res[v] = stats(rt[v]);
         res["rank0_first_touch_bytes"] = stats(resume_faults);
         res["time_ratio_resume_vs_raw_read"] = median(rt["resume"]) / median(rt["raw_read"]);
+        res["time_ratio_resume_vs_raw_read_bcast"] =
+            median(rt["resume"]) / median(rt["raw_read_bcast"]);
         out["resume"] = res;
       }
 

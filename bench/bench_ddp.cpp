@@ -13,8 +13,10 @@
 //   (optimizer zero_grad / backward / step). At world size 1 the all-reduces are no-ops, so the
 //   ratio is the engine's own cost: hooks, locking, bucket views, the non-blocking calls.
 // buckets: a larger MLP so that communication matters, one replica per variant:
-//   bucket_cap_mb 1, 25, 100 with overlap on, and "no overlap" (one bucket, reduced after
-//   backward). Ratios are against "no overlap".
+//   bucket_cap_mb 1, 25, 100 with overlap on, "compute_only" (the plain LibTorch loop with no
+//   all-reduce: the limit a fully hidden all-reduce reaches) and "no overlap" (one bucket,
+//   reduced after backward). Ratios are against "no overlap". The share of the all-reduce
+//   hidden behind backward is (no_overlap - bucket) / (no_overlap - compute_only).
 // agreement: the cost of the trainer's per-step preemption agreement (one 8-byte non-blocking
 //   MPI all-reduce started after each optimizer step and waited after the next, as Trainer::fit) on the default config's model
 //   (MLP 64 -> [512, 512] -> 10, batch 64, AdamW): DDP steps with it ("ddp_agreement") against
@@ -311,6 +313,11 @@ int main(int argc, char** argv) {
         v.ddp_options.bucket_cap_mb = cap;
         variants.push_back(std::move(v));
       }
+      // The compute-only limit: the same steps with no gradient all-reduce at all (each
+      // rank trains its own replica), what a perfectly hidden all-reduce would cost.
+      Variant compute;
+      compute.name = "compute_only";
+      variants.push_back(std::move(compute));
       Variant none;
       none.name = "no_overlap";
       none.use_engine = true;

@@ -522,6 +522,11 @@ def write_page(out_md, meta, targets, target_header, ar, ov, bk, tr, ck, ag=None
         "[performance-checkpoint.md](performance-checkpoint.md). \"report only\": a figure the "
         "issues ask to measure without a target.",
         "",
+        "Every figure here is from one host (ranks talk over shared memory). Across hosts "
+        "(namespace hosts over a veth link: all-reduce, overlap, training against PyTorch DDP, "
+        "save and resume) see [performance-multihost.md](performance-multihost.md), written by "
+        "`bench/multihost_bench.sh`.",
+        "",
     ]
 
     # --- 1. all-reduce

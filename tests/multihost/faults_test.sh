@@ -5,7 +5,10 @@
 #  save    host 1's link taken down while its rank is in a save (DDP_FAULT_PAUSE=save), the
 #          one at step 60, with earlier ones committed;
 #  resume  host 1's link taken down while the checkpoint is handed over (DDP_FAULT_PAUSE=resume);
-#  host    every process on host 1 killed (a dead host).
+#  host    every process on host 1 killed (a dead host);
+#  nokeepalive  as step, with ddp-launch --network-timeout 0 (Open MPI's daemons keep their
+#          default 300 s keepalive): only the collective deadline, the rank's daemon reaper
+#          and ddp-launch's --abort-grace can end the job in time.
 # For each: every process of the job on every host (ranks, orted, mpirun) is gone within
 # 2 x ddp.timeout_s + 10 s of the fault, with no process left in any host's namespace; the
 # attempt ends with a non-zero exit; once the link is back ddp-launch restarts and the job
@@ -17,7 +20,7 @@ bin=$1
 per=$2
 shift 2
 faults=("$@")
-((${#faults[@]})) || faults=(step save resume host)
+((${#faults[@]})) || faults=(step save resume host nokeepalive)
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/hosts.sh"
 mh_require
@@ -61,8 +64,9 @@ job_gone() {
 
 run_fault() { # fault
   local fault=$1 log=$MH_WORK/$1.log
-  local env=()
+  local env=() network_timeout=6
   case $fault in
+    nokeepalive) network_timeout=0 ;;
     save) env=(DDP_FAULT_PAUSE=save:1:6:60) ;;  # a later save: one is committed before
     resume) env=(DDP_FAULT_PAUSE=resume:1:6) ;;
   esac
@@ -75,11 +79,11 @@ run_fault() { # fault
   # --backoff leaves time to see every process gone and heal the link before the restart.
   # shellcheck disable=SC2046
   env "${env[@]}" "$bin/ddp-launch" --max-restarts 2 --backoff 5 \
-      --network-timeout 6 -- $(job "$fault") $([[ $fault == resume ]] && echo --resume auto) \
+      --network-timeout $network_timeout -- $(job "$fault") $([[ $fault == resume ]] && echo --resume auto) \
       >"$log" 2>&1 &
   local launcher=$!
   case $fault in
-    step | host)
+    step | host | nokeepalive)
       wait_for "$log" "^step 60/" 120 || { fail "$fault: training did not reach step 60"; tail "$log"; kill $launcher; return; } ;;
     save) wait_for "$log" "pauses .* at save" 120 || { fail "$fault: no save pause"; tail "$log"; kill $launcher; return; } ;;
     resume) wait_for "$log" "pauses .* at resume" 120 || { fail "$fault: no resume pause"; tail "$log"; kill $launcher; return; } ;;

@@ -2,7 +2,8 @@
 # Training and resume across hosts made of network namespaces (tests/multihost/hosts.sh),
 # each host with its own node-local disk at the run directory: only rank 0's host ever holds
 # a checkpoint. Checks, for HOSTS x RANKS_PER_HOST:
-#  1. a run across the hosts saves on rank 0's disk only (the other disks stay empty);
+#  1. a run across the hosts saves on rank 0's disk only (the other disks stay empty), and
+#     rank 0 logs the topology (hosts, ranks per host) and the network;
 #  2. `--resume auto` there resumes (rank 0 reads, the others receive by broadcast) and ends
 #     bitwise equal to an uninterrupted run;
 #  3. (2 ranks per host) the 4-rank checkpoint resumes on 2 hosts x 1 rank (another world size);
@@ -44,6 +45,11 @@ check_rc 0 "$MH_WORK/straight.log" "uninterrupted run" $?
 run "$hosts" "$per" "$MH_WORK/first.log" --set trainer.max_steps=60 --set trainer.name=job
 check_rc 0 "$MH_WORK/first.log" "first half" $?
 [[ -f $disk0/job/checkpoints/last.h5 ]] || fail "no checkpoint on rank 0's disk"
+# Rank 0 tells where the ranks are and what the network is.
+want="topology: $((hosts * per)) ranks on $hosts hosts: $(mh_host 0) (ranks 0$( ((per > 1)) && echo "-$((per - 1))"))"
+grep -qF "$want" "$MH_WORK/first.log" || fail "no '$want' line: $(grep topology "$MH_WORK/first.log")"
+grep -q "network (rank 0's view): MPI transports tcp,self (TCP interfaces: $MH_SUBNET)" \
+    "$MH_WORK/first.log" || fail "no network line: $(grep network "$MH_WORK/first.log")"
 for ((i = 1; i < hosts; ++i)); do
   n=$(find "$(mh_disk "$i")" -type f | wc -l)
   [[ $n == 0 ]] || fail "host $i's disk holds $n file(s); only rank 0 writes"
