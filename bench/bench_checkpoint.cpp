@@ -476,6 +476,7 @@ SaveSample ours_save(ddp::MpiCommunicator& comm, ddp::Trainer& t, const std::str
   static auto buffer = std::make_shared<ddp::ckpt::SnapshotBuffer>();
   req.zero_copy = true;
   req.buffer = buffer;
+  if (t.topology().hosts.size() > 1) req.share_ranks = t.topology().ranks_with_host_of(0);
   auto pending = ddp::ckpt::snapshot_for_save(comm, std::move(req));
   const double t1 = now_s();
   const auto result = pending->finish(comm, ddp::ckpt::default_file_system());

@@ -36,7 +36,11 @@ if [[ -n ${BENCH_RATE:-} ]]; then
   mh_rate 1 "$BENCH_RATE"
 fi
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-run2() { mh_mpirun 2 1 --bind-to none -x MASTER_ADDR -x MASTER_PORT -- "$@"; }
+run2() { # [-x VAR ...] command...
+  local extra=()
+  while [[ $1 == -x ]]; do extra+=("$1" "$2"); shift 2; done
+  mh_mpirun 2 1 --bind-to none -x MASTER_ADDR -x MASTER_PORT "${extra[@]}" -- "$@"
+}
 export MASTER_ADDR=$MH_NET.10 MASTER_PORT=29517
 log "hosts $(mh_host 0), $(mh_host 1) on $MH_SUBNET, link ${BENCH_RATE:-unlimited (veth)}"
 
@@ -71,7 +75,10 @@ for ((r = 0; r < ROUNDS; ++r)); do
       bf16) run2 "$BIN/ddp-train" "${TRAIN_SET[@]}" --set trainer.name=c$r \
               --set ddp.compression=bf16 \
               --summary "$RESULTS/train_${r}_bf16.json" >"$RESULTS/train_${r}_bf16.log" 2>&1 ;;
-      torch) MASTER_PORT=$((29517 + r)) run2 "$PY" "$ROOT/bench/torch_ddp_peer.py" \
+      # gloo advertises the address of GLOO_SOCKET_IFNAME (else its hostname's, which the
+      # namespace hosts cannot resolve).
+      torch) MASTER_PORT=$((29517 + r)) GLOO_SOCKET_IFNAME=eth0 run2 -x GLOO_SOCKET_IFNAME \
+               "$PY" "$ROOT/bench/torch_ddp_peer.py" \
                --steps "$TRAIN_STEPS" --features 256 --hidden 1024,1024,1024,1024 \
                >"$RESULTS/train_${r}_torch.json" 2>"$RESULTS/train_${r}_torch.log" ;;
     esac
@@ -96,15 +103,12 @@ def print(line=""):
 print(f"multi-host benchmark: 2 hosts x 1 rank, veth link {rate}")
 rows = list(csv.DictReader(open(f"{res}/allreduce.csv")))
 for row in rows:
-    keys = {k.lower(): v for k, v in row.items()}
-    size = keys.get("bytes") or keys.get("size_bytes") or next(iter(keys.values()))
-    raw = [v for k, v in keys.items() if "raw" in k and "bus" in k]
-    comm = [v for k, v in keys.items() if k.startswith("comm") and "bus" in k]
-    if raw and comm:
-        print(f"  all-reduce {int(float(size)) >> 20:>3} MiB: busbw raw {float(raw[0]):.3f} GB/s, "
-              f"ours {float(comm[0]):.3f} GB/s, ratio {float(comm[0]) / float(raw[0]):.3f}")
+    print(f"  all-reduce {int(row['bytes']) >> 20:>3} MiB: busbw raw MPI_Allreduce "
+          f"{float(row['raw_busbw_gbps']):.3f} GB/s, MpiCommunicator "
+          f"{float(row['comm_busbw_gbps']):.3f} GB/s: ratio {float(row['comm_vs_raw']):.3f} "
+          f"(async {float(row['async_vs_raw']):.3f})")
 b = json.load(open(f"{res}/buckets.json"))
-ms = {v["name"]: v["step_ms_median"] for v in b["variants"]}
+ms = {v["name"]: v["median_step_ms"] for v in b["variants"]}
 c, n = ms["compute_only"], ms["no_overlap"]
 for name in ("bucket_1mb", "bucket_25mb", "bucket_100mb"):
     hidden = (n - ms[name]) / (n - c) if n > c else float("nan")

@@ -108,18 +108,32 @@ uint8_t* SnapshotBuffer::reserve(size_t bytes) {
   return data_.get();
 }
 
-std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int world_size) {
+std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int world_size,
+                               const std::vector<int>& share_ranks) {
+  std::vector<int> ranks = share_ranks;
+  if (ranks.empty()) {
+    ranks.resize(static_cast<size_t>(world_size));
+    std::iota(ranks.begin(), ranks.end(), 0);
+  }
+  std::sort(ranks.begin(), ranks.end());
+  if (ranks.front() != 0 || ranks.back() >= world_size ||
+      std::adjacent_find(ranks.begin(), ranks.end()) != ranks.end()) {
+    throw Error(ErrorKind::kInternal,
+                fmt::format("assign_shares: share ranks must be distinct, include 0 and lie in "
+                            "[0, {})",
+                            world_size));
+  }
   // Largest first onto the least-loaded rank; ties by index, so every rank agrees.
   std::vector<size_t> order(tensors.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return tensors[a].bytes > tensors[b].bytes; });
-  std::vector<uint64_t> load(static_cast<size_t>(world_size), 0);
+  std::vector<uint64_t> load(ranks.size(), 0);
   std::vector<int> owner(tensors.size(), 0);
   for (size_t i : order) {
-    const auto r = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-    owner[i] = r;
-    load[static_cast<size_t>(r)] += tensors[i].bytes;
+    const auto k = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = ranks[k];
+    load[k] += tensors[i].bytes;
   }
   return owner;
 }
@@ -127,7 +141,7 @@ std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int wor
 std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest request) {
   const double t0 = now_s();
   auto pending = std::unique_ptr<PendingSave>(new PendingSave());
-  const auto owner = assign_shares(request.tensors, comm.size());
+  const auto owner = assign_shares(request.tensors, comm.size(), request.share_ranks);
   const bool root = comm.rank() == 0;
   auto in_place = [&](const TensorSource& t) {
     return request.zero_copy && t.host_data != nullptr;

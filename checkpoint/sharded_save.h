@@ -107,6 +107,11 @@ struct SaveRequest {
   bool defer_copies = false;
   // Reused snapshot storage (null: a fresh one for this save).
   std::shared_ptr<SnapshotBuffer> buffer;
+  // The ranks that take a share of the tensors (empty: every rank); the others send only
+  // their RankState. The runtime passes the ranks on rank 0's host when the job spans hosts:
+  // every rank holds the replicated state, so no tensor needs to cross the network to reach
+  // the writer. Same on every rank; must include 0.
+  std::vector<int> share_ranks;
 };
 
 struct SaveResult {
@@ -158,7 +163,9 @@ class PendingSave {
 // Phase 1. Not collective (no communication), but every rank must call it for the save.
 std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest request);
 
-// Owner rank of each tensor: greedy by size, deterministic.
-std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int world_size);
+// Owner rank of each tensor: greedy by size, deterministic, among `share_ranks` (empty: every
+// rank of `world_size`).
+std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int world_size,
+                               const std::vector<int>& share_ranks = {});
 
 }  // namespace ddp::ckpt

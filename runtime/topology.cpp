@@ -59,6 +59,15 @@ Topology discover_topology(Communicator& comm) {
   return t;
 }
 
+std::vector<int> Topology::ranks_with_host_of(int rank) const {
+  std::vector<int> out;
+  const std::string& host = ranks.at(static_cast<size_t>(rank)).host;
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    if (ranks[r].host == host) out.push_back(static_cast<int>(r));
+  }
+  return out;
+}
+
 std::string Topology::describe() const {
   std::map<std::string, std::vector<int>> by_host;
   for (size_t r = 0; r < ranks.size(); ++r) by_host[ranks[r].host].push_back(static_cast<int>(r));

@@ -31,6 +31,8 @@ struct Topology {
   // "4 ranks on 2 hosts: node-a (ranks 0-1), node-b (ranks 2-3)"; more than 8 hosts are
   // summarised by their rank counts.
   std::string describe() const;
+  // The ranks on the same host as `rank`, ascending.
+  std::vector<int> ranks_with_host_of(int rank) const;
 };
 
 Topology discover_topology(Communicator& comm);

@@ -126,7 +126,8 @@ void Trainer::setup() {
   }
   std::string backend = config_.ddp.backend;
   if (backend == "auto") backend = device_.is_cuda() ? "nccl" : "mpi";
-  const Topology topology = discover_topology(control_);
+  topology_ = discover_topology(control_);
+  const Topology& topology = topology_;
   if (rank == 0) {
     std::fprintf(stderr, "ddp-train: topology: %s\n", topology.describe().c_str());
     if (topology.hosts.size() > 1) {

@@ -27,6 +27,7 @@
 #include "runtime/models/model.h"
 #include "runtime/mixed_precision.h"
 #include "runtime/optim.h"
+#include "runtime/topology.h"
 
 namespace torch::optim {
 class Optimizer;
@@ -96,6 +97,7 @@ class Trainer {
   Precision precision() const { return precision_; }
   GradScaler* grad_scaler() { return scaler_.get(); }  // null unless precision is 16-mixed
   const std::string& run_dir() const { return run_dir_; }
+  const Topology& topology() const { return topology_; }  // hosts and local ranks
   // Whether validation runs at all (validation data and trainer.check_val_every_n_epoch > 0).
   bool validates() const;
   std::string hparams_json() const;
@@ -117,6 +119,7 @@ class Trainer {
   std::unique_ptr<Communicator> owned_grad_comm_;
   Communicator* grad_comm_ = nullptr;
   torch::Device device_{torch::kCPU};
+  Topology topology_;
   Precision precision_ = Precision::kFp32;
   std::unique_ptr<GradScaler> scaler_;
 

@@ -175,6 +175,37 @@ INSTANTIATE_TEST_SUITE_P(RoundSizes, ShardedSave,
                                   (info.param.zero_copy ? "_zero_copy" : "_snapshot");
                          });
 
+TEST(ShardedSave, OnlyTheShareRanksSendTensors) {
+  // Across hosts only the ranks on rank 0's host take shares (the others send only their
+  // RankState, nothing crosses the network): the file is the same, byte for byte.
+  const std::string dir = test::temp_dir("sharded_share_ranks");
+  const int last = world().size() - 1;
+  const std::vector<std::vector<int>> shares =
+      last > 0 ? std::vector<std::vector<int>>{{0}, {last, 0}} : std::vector<std::vector<int>>{{0}};
+  for (const std::vector<int>& share : shares) {
+    for (bool zero_copy : {false, true}) {
+      auto tensors = make_tensors(11, true);
+      SaveRequest req;
+      req.meta = make_meta(4);
+      req.tensors = sources_of(tensors);
+      req.rank_state = make_rank_state(world().rank(), 4);
+      req.final_path = dir + "/s" + std::to_string(share.size()) + (zero_copy ? "z" : "") + ".h5";
+      req.chunk_bytes = 4096;
+      req.zero_copy = zero_copy;
+      req.share_ranks = share;
+      const auto owner = assign_shares(req.tensors, world().size(), share);
+      for (int o : owner) {
+        EXPECT_TRUE(std::find(share.begin(), share.end(), o) != share.end()) << o;
+      }
+      const std::string path = req.final_path;
+      auto pending = snapshot_for_save(world(), std::move(req));
+      pending->finish(world(), default_file_system());
+      expect_file_holds(path, tensors, 4);
+    }
+  }
+  EXPECT_THROW(assign_shares({}, world().size(), {world().size()}), Error);  // no rank 0
+}
+
 TEST(ShardedSave, ZeroCopyReadsTheTensorsInPlaceAtFinish) {
   // The contract of zero_copy: no rank copies a tensor readable in place; rank 0 writes and
   // the others send straight from its memory during finish(), so a change made between
