@@ -1,5 +1,6 @@
 #include "collectives/mpi_communicator.h"
 
+#include <atomic>
 #include <chrono>
 #include <climits>
 #include <cstdio>
@@ -118,6 +119,12 @@ int checked_int(size_t count, const char* call) {
   return static_cast<int>(count);
 }
 
+// Set once any non-blocking collective of this process has timed out: the network or a peer
+// is gone, and every other request in flight is as good as lost. Destroying an unfinished
+// Work then abandons it instead of waiting a second timeout_s while the error unwinds (which
+// would double the time until the job is ended).
+std::atomic<bool> g_a_collective_timed_out{false};
+
 class MpiWork final : public Work {
  public:
   MpiWork(MPI_Request request, void* data, size_t count, DType dtype, ReduceOp op, int size,
@@ -126,6 +133,7 @@ class MpiWork final : public Work {
         timeout_s_(timeout_s) {}
 
   ~MpiWork() override {
+    if (!done_ && g_a_collective_timed_out.load()) return;  // the process is ending the job
     if (!done_) {
       try {
         wait();
@@ -148,6 +156,7 @@ class MpiWork final : public Work {
     const auto deadline = clock::now() + std::chrono::duration<double>(timeout_s_);
     for (unsigned spins = 0; !test(); ++spins) {
       if ((spins & 1023u) == 0 && clock::now() > deadline) {
+        g_a_collective_timed_out.store(true);
         throw Error(ErrorKind::kTimeout,
                     fmt::format("MPI_Iallreduce of {} {} elements on rank {} did not complete "
                                 "within {} s (ddp.timeout_s): a peer rank died or stalled",

@@ -3,7 +3,7 @@
 # ranks, node-local disks, every job under ddp-launch:
 #  step    host 1's link taken down while training;
 #  save    host 1's link taken down while its rank is in a save (DDP_FAULT_PAUSE=save), the
-#          one at step 60, with earlier ones committed;
+#          one at step 400, with the one at step 200 committed;
 #  resume  host 1's link taken down while the checkpoint is handed over (DDP_FAULT_PAUSE=resume);
 #  host    every process on host 1 killed (a dead host);
 #  nokeepalive  as step, with ddp-launch --network-timeout 0 (Open MPI's daemons keep their
@@ -34,15 +34,15 @@ failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
-# The job: 200 steps, a checkpoint every 20, slow enough (a short sleep per step would be a
-# test knob; a bigger batch is the honest way) that a fault lands mid-run.
+# The job: 3000 steps (several seconds), a checkpoint every 200, so that a fault lands
+# mid-run with checkpoints committed before it.
 job() { # name
   # shellcheck disable=SC2046
   echo $(mh_mpirun_cmd 2 "$per") --bind-to none "$bin/ddp-train" \
-    --set trainer.max_steps=200 --set trainer.max_epochs=-1 --set trainer.batch_size=64 \
+    --set trainer.max_steps=3000 --set trainer.max_epochs=-1 --set trainer.batch_size=64 \
     --set data.num_samples=8192 --set model.hidden_sizes=[256,256] \
     --set trainer.progress_bar=off --set trainer.check_val_every_n_epoch=0 \
-    --set trainer.log_every_n_steps=10 --set checkpoint.every_n_train_steps=20 \
+    --set trainer.log_every_n_steps=10 --set checkpoint.every_n_train_steps=200 \
     --set checkpoint.every_n_epochs=0 --set ddp.timeout_s=$timeout_s \
     --set trainer.default_root_dir=$root --set trainer.name="$1"
 }
@@ -67,13 +67,13 @@ run_fault() { # fault
   local env=() network_timeout=6
   case $fault in
     nokeepalive) network_timeout=0 ;;
-    save) env=(DDP_FAULT_PAUSE=save:1:6:60) ;;  # a later save: one is committed before
+    save) env=(DDP_FAULT_PAUSE=save:1:6:400) ;;  # a later save: one is committed before
     resume) env=(DDP_FAULT_PAUSE=resume:1:6) ;;
   esac
   if [[ $fault == resume ]]; then
-    # Resume needs a checkpoint: a first run of 40 steps leaves one on host 0's disk.
+    # Resume needs a checkpoint: a first run of 400 steps leaves two on host 0's disk.
     # shellcheck disable=SC2046
-    $(job "$fault") --set trainer.max_steps=40 >"$MH_WORK/$fault.first.log" 2>&1 ||
+    $(job "$fault") --set trainer.max_steps=400 >"$MH_WORK/$fault.first.log" 2>&1 ||
       { fail "$fault: the first run failed"; tail "$MH_WORK/$fault.first.log"; return; }
   fi
   # --backoff leaves time to see every process gone and heal the link before the restart.
@@ -84,7 +84,7 @@ run_fault() { # fault
   local launcher=$!
   case $fault in
     step | host | nokeepalive)
-      wait_for "$log" "^step 60/" 120 || { fail "$fault: training did not reach step 60"; tail "$log"; kill $launcher; return; } ;;
+      wait_for "$log" "^step 600/" 120 || { fail "$fault: training did not reach step 600"; tail "$log"; kill $launcher; return; } ;;
     save) wait_for "$log" "pauses .* at save" 120 || { fail "$fault: no save pause"; tail "$log"; kill $launcher; return; } ;;
     resume) wait_for "$log" "pauses .* at resume" 120 || { fail "$fault: no resume pause"; tail "$log"; kill $launcher; return; } ;;
   esac
@@ -116,7 +116,9 @@ run_fault() { # fault
   local resumed
   resumed=$(grep -o "resumed from '[^']*' at step [0-9]*" "$log" | tail -1)
   echo "$fault: every process gone after ${gone_ms:-?} ms (bound ${bound} s); attempt 1 exit ${first_rc}; restart: ${resumed}; final step $(last_step "$log")"
-  [[ $(last_step "$log") == 200 ]] || fail "$fault: the restarted job did not reach step 200"
+  [[ $(last_step "$log") == 3000 ]] || fail "$fault: the restarted job did not reach step 3000"
+  # The fault landed mid-run: the first attempt had not finished.
+  grep -q "resumed from .* at step [1-9]" "$log" || fail "$fault: the restart did not resume past step 0"
 }
 
 for f in "${faults[@]}"; do run_fault "$f"; done

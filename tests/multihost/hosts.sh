@@ -128,7 +128,7 @@ mh_orphans() {
   local i p
   for ((i = 0; i < MH_HOSTS; ++i)); do
     for p in $(mh_pids "$i"); do
-      echo "$(mh_host "$i"): $p $(tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | cut -c1-100)"
+      echo "$(mh_host "$i"): $p $({ tr '\0' ' ' </proc/"$p"/cmdline; } 2>/dev/null | cut -c1-100)"
     done
   done
 }
