@@ -3,9 +3,14 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <mutex>
+#include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -125,12 +130,92 @@ int checked_int(size_t count, const char* call) {
 // would double the time until the job is ended).
 std::atomic<bool> g_a_collective_timed_out{false};
 
+// A request handed to the progress thread: only that thread calls MPI_Test on it.
+struct Progressed {
+  MPI_Request request = MPI_REQUEST_NULL;
+  std::atomic<bool> done{false};
+  std::atomic<int> error{MPI_SUCCESS};  // MPI_Test's code when it failed
+};
+
+// One thread per process that keeps the requests in flight moving (see the header).
+// Thread-safety: add() from any thread; the thread runs until exit (it is detached: MPI may be
+// finalised while it sleeps with nothing in flight, and it never calls MPI then).
+class ProgressThread {
+ public:
+  static ProgressThread& get() {
+    static ProgressThread* instance = new ProgressThread();  // never destroyed (see above)
+    return *instance;
+  }
+  void add(std::shared_ptr<Progressed> p) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(p));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  ProgressThread() { std::thread([this] { run(); }).detach(); }
+  void run() {
+    std::vector<std::shared_ptr<Progressed>> active;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (active.empty()) cv_.wait(lock, [&] { return !queue_.empty(); });
+        for (auto& p : queue_) active.push_back(std::move(p));
+        queue_.clear();
+      }
+      for (size_t i = 0; i < active.size();) {
+        int flag = 0;
+        const int rc = MPI_Test(&active[i]->request, &flag, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) active[i]->error.store(rc);
+        if (flag || rc != MPI_SUCCESS) {
+          active[i]->done.store(true, std::memory_order_release);
+          active[i] = std::move(active.back());
+          active.pop_back();
+        } else {
+          ++i;
+        }
+      }
+      if (!active.empty()) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<Progressed>> queue_;  // guarded by mu_
+};
+
+// DDP_MPI_PROGRESS_THREAD: "1" on, "auto" on when the ranks span nodes, anything else (the
+// default) off. Collective over `comm` for "auto".
+bool progress_thread_wanted(MPI_Comm comm, int size) {
+  const char* v = std::getenv("DDP_MPI_PROGRESS_THREAD");
+  if (!v || (std::strcmp(v, "1") != 0 && std::strcmp(v, "auto") != 0)) return false;
+  int level = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&level);
+  if (level != MPI_THREAD_MULTIPLE || size == 1) return false;
+  if (std::strcmp(v, "1") == 0) return true;
+  MPI_Comm node = MPI_COMM_NULL;
+  DDP_MPI_CHECK(MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  int node_size = size;
+  DDP_MPI_CHECK(MPI_Comm_size(node, &node_size));
+  MPI_Comm_free(&node);
+  int spans = node_size < size ? 1 : 0;  // the same answer on every rank
+  DDP_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &spans, 1, MPI_INT, MPI_MAX, comm));
+  return spans == 1;
+}
+
 class MpiWork final : public Work {
  public:
   MpiWork(MPI_Request request, void* data, size_t count, DType dtype, ReduceOp op, int size,
-          double timeout_s)
+          double timeout_s, bool use_progress_thread)
       : request_(request), data_(data), count_(count), dtype_(dtype), op_(op), size_(size),
-        timeout_s_(timeout_s) {}
+        timeout_s_(timeout_s) {
+    if (use_progress_thread) {
+      progressed_ = std::make_shared<Progressed>();
+      progressed_->request = request_;
+      ProgressThread::get().add(progressed_);
+    }
+  }
 
   ~MpiWork() override {
     if (!done_ && g_a_collective_timed_out.load()) return;  // the process is ending the job
@@ -145,6 +230,12 @@ class MpiWork final : public Work {
 
   bool test() override {
     if (done_) return true;
+    if (progressed_) {
+      if (!progressed_->done.load(std::memory_order_acquire)) return false;
+      mpi_check(progressed_->error.load(), "MPI_Test (progress thread)");
+      finish();
+      return true;
+    }
     int flag = 0;
     DDP_MPI_CHECK(MPI_Test(&request_, &flag, MPI_STATUS_IGNORE));
     if (flag) finish();
@@ -155,7 +246,9 @@ class MpiWork final : public Work {
     using clock = std::chrono::steady_clock;
     const auto deadline = clock::now() + std::chrono::duration<double>(timeout_s_);
     for (unsigned spins = 0; !test(); ++spins) {
-      if ((spins & 1023u) == 0 && clock::now() > deadline) {
+      // With the progress thread the request moves without us: wait without taking its CPU.
+      if (progressed_) std::this_thread::sleep_for(std::chrono::microseconds(20));
+      if ((progressed_ || (spins & 1023u) == 0) && clock::now() > deadline) {
         g_a_collective_timed_out.store(true);
         throw Error(ErrorKind::kTimeout,
                     fmt::format("MPI_Iallreduce of {} {} elements on rank {} did not complete "
@@ -180,6 +273,7 @@ class MpiWork final : public Work {
   int size_;
   double timeout_s_;
   bool done_ = false;
+  std::shared_ptr<Progressed> progressed_;  // set when the progress thread owns the request
 };
 
 }  // namespace
@@ -212,6 +306,7 @@ MpiCommunicator::MpiCommunicator(CommunicatorOptions options, MPI_Comm comm)
   DDP_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   DDP_MPI_CHECK(MPI_Comm_size(comm_, &size_));
   ops16();
+  progress_thread_ = progress_thread_wanted(comm_, size_);
   const int rank = rank_;
   MPI_Comm abort_comm = comm_;
   watchdog_ = std::make_unique<Watchdog>(options_.timeout_s, [rank, abort_comm](
@@ -269,7 +364,8 @@ std::unique_ptr<Work> MpiCommunicator::all_reduce_async(void* data, size_t count
   MPI_Request request = MPI_REQUEST_NULL;
   DDP_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, checked_int(count, "MPI_Iallreduce"),
                                mpi_type(dtype), mop, comm_, &request));
-  return std::make_unique<MpiWork>(request, data, count, dtype, op, size_, options_.timeout_s);
+  return std::make_unique<MpiWork>(request, data, count, dtype, op, size_, options_.timeout_s,
+                                   progress_thread_);
 }
 
 void MpiCommunicator::all_gather(const void* send, void* recv, size_t count, DType dtype) {

@@ -8,6 +8,14 @@
 // reduction proceeds while backward runs. 16-bit floats are reduced by a user-defined MPI
 // operation that accumulates in float32.
 //
+// Across nodes Open MPI's TCP transport moves a non-blocking collective only while some
+// thread is inside MPI, and between two hooks nobody is. With DDP_MPI_PROGRESS_THREAD=1 (or
+// =auto: only when the ranks span more than one node, MPI_COMM_TYPE_SHARED) and
+// MPI_THREAD_MULTIPLE, a progress thread (one per process, shared by every communicator)
+// tests the requests in flight every 50 us, sleeping in between, so that the all-reduce moves
+// while backward computes. Off by default: on the namespace hosts of docs/multi-node.md,
+// which share two CPUs, it measured no gain (docs/performance-multihost.md).
+//
 // Thread-safety: see communicator.h. MPI is initialised with MPI_THREAD_MULTIPLE where
 // available (MpiRuntime), so hooks running on an autograd thread may launch collectives.
 #pragma once
@@ -65,6 +73,8 @@ class MpiCommunicator final : public Communicator {
   int size_ = 1;
   CommunicatorOptions options_;
   std::unique_ptr<Watchdog> watchdog_;
+  // all_reduce_async hands its requests to the progress thread (see the file comment).
+  bool progress_thread_ = false;
 };
 
 }  // namespace ddp
