@@ -67,8 +67,8 @@ run_fault() { # fault
   local env=() network_timeout=6
   case $fault in
     nokeepalive) network_timeout=0 ;;
-    save) env=(DDP_FAULT_PAUSE=save:1:6:400) ;;  # a later save: one is committed before
-    resume) env=(DDP_FAULT_PAUSE=resume:1:6) ;;
+    save) env=(DDP_FAULT_PAUSE=save:1:3:400) ;;  # a later save: one is committed before
+    resume) env=(DDP_FAULT_PAUSE=resume:1:3) ;;
   esac
   if [[ $fault == resume ]]; then
     # Resume needs a checkpoint: a first run of 400 steps leaves two on host 0's disk.
