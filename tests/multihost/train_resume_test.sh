@@ -7,7 +7,9 @@
 #  2. `--resume auto` there resumes (rank 0 reads, the others receive by broadcast) and ends
 #     bitwise equal to an uninterrupted run;
 #  3. (2 ranks per host) the 4-rank checkpoint resumes on 2 hosts x 1 rank (another world size);
-#  4. a damaged newest checkpoint: `auto` falls back to the previous good one, across hosts.
+#  4. a damaged newest checkpoint: `auto` falls back to the previous good one, across hosts;
+#  5. the same job with the MPI progress thread (DDP_MPI_PROGRESS_THREAD=auto: on, since the
+#     ranks span hosts) ends bitwise equal to the one without.
 # Needs root (namespaces, mounts): skips (77) elsewhere, fails under CI=true.
 # Usage: train_resume_test.sh <bin_dir> <hosts> <ranks_per_host>
 set -uo pipefail
@@ -91,6 +93,14 @@ check_rc 0 "$MH_WORK/fallback.log" "fallback resume" $?
 grep -q "is not usable" "$MH_WORK/fallback.log" || fail "no warning about the damaged checkpoint"
 grep -q "resumed from" "$MH_WORK/fallback.log" || fail "did not resume from an older checkpoint"
 grep "is not usable\|resumed from" "$MH_WORK/fallback.log" | head -3
+
+# 5. The progress thread changes when bytes move, never what they sum to.
+DDP_MPI_PROGRESS_THREAD=auto mh_mpirun "$hosts" "$per" --bind-to none -x DDP_MPI_PROGRESS_THREAD -- \
+    "$bin/ddp-train" "${common[@]}" --set trainer.max_steps=120 --set trainer.name=progress \
+    >"$MH_WORK/progress.log" 2>&1
+check_rc 0 "$MH_WORK/progress.log" "run with the progress thread" $?
+d=$("$bin/ddp-checkpoint" diff "$disk0/straight/checkpoints/last.h5" "$disk0/progress/checkpoints/last.h5")
+echo "$d" | grep -q " 0 differ;" || fail "the progress thread changed the result: $(echo "$d" | tail -1)"
 
 if ((failures)); then
   echo "multihost train/resume ${hosts}x${per}: $failures failure(s)"
