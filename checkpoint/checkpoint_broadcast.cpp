@@ -183,14 +183,12 @@ void broadcast_checkpoint(Communicator& comm, int root, Checkpoint* checkpoint,
       ++next;
       continue;
     }
+    // The first one is smaller than a chunk, so every round takes at least one tensor.
     size_t end = next, bytes = 0;
     while (end < tensors.size() && tensors[end].data.size() < options.chunk_bytes &&
            bytes + tensors[end].data.size() <= options.chunk_bytes) {
       bytes += tensors[end].data.size();
       ++end;
-    }
-    if (end == next) {  // cannot happen: a small tensor always fits an empty chunk
-      throw Error(ErrorKind::kInternal, "broadcast_checkpoint: packing made no progress");
     }
     chunk.resize(bytes);
     size_t at = 0;

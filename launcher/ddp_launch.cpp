@@ -13,8 +13,9 @@
 // stop together and save; ddp-launch then exits with the job's code and does not restart.
 //
 // Bounded failure across hosts (docs/multi-node.md):
-// - The job runs in its own process group with stdin from /dev/null; its stderr passes through ddp-launch, which watches for a rank's "aborting all
-//   ranks" line (ddp::kAbortNotice). From then on the job has --abort-grace seconds to exit;
+// - The job runs in its own process group with stdin from /dev/null; its stderr passes
+//   through ddp-launch, which watches for a rank's "aborting all ranks" line
+//   (ddp::kAbortNotice). From then on the job has --abort-grace seconds to exit;
 //   past that (mpirun waiting forever for a daemon across a partition) its process group gets
 //   SIGTERM, then SIGKILL 3 s later, and the attempt counts as exit 3 (distributed failure).
 // - --network-timeout S sets Open MPI's out-of-band TCP keepalive (OMPI_MCA_oob_tcp_keepalive_*,
@@ -123,8 +124,8 @@ int run_once(const std::vector<std::string>& command, double abort_grace_s,
   g_child.store(pid);
   if (g_terminate.load()) kill(pid, SIGUSR1);  // a signal arrived between restarts
   int status = 0;
-  bool killed = false;
-  double term_sent_at = 0;
+  double term_sent_at = 0;  // 0: not terminated by us
+  bool kill_sent = false;
   for (;;) {
     const pid_t r = waitpid(pid, &status, WNOHANG);
     if (r == pid) break;
@@ -141,10 +142,9 @@ int run_once(const std::vector<std::string>& command, double abort_grace_s,
                    abort_grace_s);
       kill(-pid, SIGTERM);
       term_sent_at = now;
-      killed = true;
-    } else if (term_sent_at > 0 && now - term_sent_at > 3.0) {
+    } else if (term_sent_at > 0 && !kill_sent && now - term_sent_at > 3.0) {
       kill(-pid, SIGKILL);
-      term_sent_at = now + 1e9;  // once
+      kill_sent = true;
     }
     poll(nullptr, 0, 50);
   }
@@ -153,7 +153,7 @@ int run_once(const std::vector<std::string>& command, double abort_grace_s,
   // not follow its mpirun): it gets the same end, so the relay reaches end of file.
   kill(-pid, SIGKILL);
   relay.join();
-  if (killed) return ddp::kExitDistributed;
+  if (term_sent_at > 0) return ddp::kExitDistributed;
   if (WIFEXITED(status)) {
     const int rc = WEXITSTATUS(status);
     // Not a ddp-train code (README "Exit codes"): mpirun's own. It exits with a rank's signal

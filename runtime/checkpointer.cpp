@@ -339,7 +339,8 @@ void Checkpointer::start_save(const ckpt::SavePlan& plan,
   req.buffer = snapshot_buffer_;
   // Across hosts only the ranks on rank 0's host take shares: every rank holds the same
   // state, so nothing needs to cross the network to reach the writer.
-  if (trainer_.topology().hosts.size() > 1) req.share_ranks = trainer_.topology().ranks_with_host_of(0);
+  const Topology& topology = trainer_.topology();
+  if (topology.hosts.size() > 1) req.share_ranks = topology.ranks_with_host_of(0);
 
   std::shared_ptr<ckpt::PendingSave> pending = ckpt::snapshot_for_save(*save_comm_, std::move(req));
   last_saved_step_ = st.global_step;

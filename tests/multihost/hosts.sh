@@ -84,31 +84,27 @@ mh_local_disk() {
 # mh_disk I: the directory that is host I's local disk.
 mh_disk() { echo "$MH_WORK/disks/$(mh_host "$1")"; }
 
-# mh_mpirun HOSTS RANKS_PER_HOST [mpirun options...] -- command...: runs the job from the root
-# namespace (as a login node would) on hosts 0..HOSTS-1, RANKS_PER_HOST slots each.
-mh_mpirun() {
-  local hosts=$1 per=$2 i
-  shift 2
-  : >"$MH_WORK/hostfile"
-  for ((i = 0; i < hosts; ++i)); do echo "$(mh_host "$i") slots=$per" >>"$MH_WORK/hostfile"; done
-  local opts=()
-  while [[ $# -gt 0 && $1 != -- ]]; do opts+=("$1"); shift; done
-  [[ ${1:-} == -- ]] && shift
-  mpirun --allow-run-as-root -np $((hosts * per)) --hostfile "$MH_WORK/hostfile" \
-    --mca plm_rsh_agent "$MH_AGENT" --mca btl tcp,self \
-    --mca btl_tcp_if_include "$MH_SUBNET" --mca oob_tcp_if_include "$MH_SUBNET" \
-    -x OMP_NUM_THREADS=1 "${opts[@]}" "$@"
-}
-# The same command line as mh_mpirun, printed (for ddp-launch, which runs it itself).
+# mh_mpirun_cmd HOSTS RANKS_PER_HOST: prints the mpirun command line (hostfile written) that
+# runs a job from the root namespace (as a login node would) on hosts 0..HOSTS-1,
+# RANKS_PER_HOST slots each, over TCP on the hosts' subnet. For ddp-launch, which runs it itself.
+# (Word-split by callers: no path in it holds a space.)
 mh_mpirun_cmd() {
   local hosts=$1 per=$2 i
-  shift 2
   : >"$MH_WORK/hostfile"
   for ((i = 0; i < hosts; ++i)); do echo "$(mh_host "$i") slots=$per" >>"$MH_WORK/hostfile"; done
   echo mpirun --allow-run-as-root -np $((hosts * per)) --hostfile "$MH_WORK/hostfile" \
     --mca plm_rsh_agent "$MH_AGENT" --mca btl tcp,self \
     --mca btl_tcp_if_include "$MH_SUBNET" --mca oob_tcp_if_include "$MH_SUBNET" \
     -x OMP_NUM_THREADS=1
+}
+# mh_mpirun HOSTS RANKS_PER_HOST [mpirun options...] -- command...: runs that job.
+mh_mpirun() {
+  local cmd opts=()
+  read -ra cmd <<<"$(mh_mpirun_cmd "$1" "$2")"
+  shift 2
+  while [[ $# -gt 0 && $1 != -- ]]; do opts+=("$1"); shift; done
+  [[ ${1:-} == -- ]] && shift
+  "${cmd[@]}" "${opts[@]}" "$@"
 }
 
 mh_link_down() { ip -n "$(mh_host "$1")" link set eth0 down; }
@@ -121,7 +117,7 @@ mh_rate() {
 mh_pids() { ip netns pids "$(mh_host "$1")" 2>/dev/null; }
 mh_kill_host() {
   local p
-  for p in $(mh_pids "$1"); do kill -9 "$p" 2>/dev/null; done
+  for p in $(mh_pids "$1"); do kill -9 "$p" 2>/dev/null || true; done
 }
 # mh_orphans: "host: pid command" for every process still alive in any host.
 mh_orphans() {
@@ -133,15 +129,16 @@ mh_orphans() {
   done
 }
 
+# Never fails, also under the caller's `set -e` (a failing step must not leave the rest).
 mh_cleanup() {
   local i
   for ((i = 0; i < MH_HOSTS; ++i)); do mh_kill_host "$i"; done
   sleep 0.2
   for ((i = 0; i < MH_HOSTS; ++i)); do
-    ip netns del "$(mh_host "$i")" 2>/dev/null
-    ip link del "mh${MH_TAG}v$i" 2>/dev/null
+    ip netns del "$(mh_host "$i")" 2>/dev/null || true
+    ip link del "mh${MH_TAG}v$i" 2>/dev/null || true  # usually gone with its namespace
   done
-  ip link del "$MH_BRIDGE" 2>/dev/null
-  [[ -n $MH_WORK ]] && rm -rf "$MH_WORK"
+  ip link del "$MH_BRIDGE" 2>/dev/null || true
+  [[ -z $MH_WORK ]] || rm -rf "$MH_WORK"
   MH_HOSTS=0
 }
