@@ -3,7 +3,6 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +16,7 @@
 #include "collectives/daemon_reaper.h"
 #include "collectives/error.h"
 #include "collectives/mpi_check.h"
+#include "collectives/progress_thread.h"
 
 namespace ddp {
 namespace {
@@ -129,61 +129,6 @@ int checked_int(size_t count, const char* call) {
 // Work then abandons it instead of waiting a second timeout_s while the error unwinds (which
 // would double the time until the job is ended).
 std::atomic<bool> g_a_collective_timed_out{false};
-
-// A request handed to the progress thread: only that thread calls MPI_Test on it.
-struct Progressed {
-  MPI_Request request = MPI_REQUEST_NULL;
-  std::atomic<bool> done{false};
-  std::atomic<int> error{MPI_SUCCESS};  // MPI_Test's code when it failed
-};
-
-// One thread per process that keeps the requests in flight moving (see the header).
-// Thread-safety: add() from any thread; the thread runs until exit (it is detached: MPI may be
-// finalised while it sleeps with nothing in flight, and it never calls MPI then).
-class ProgressThread {
- public:
-  static ProgressThread& get() {
-    static ProgressThread* instance = new ProgressThread();  // never destroyed (see above)
-    return *instance;
-  }
-  void add(std::shared_ptr<Progressed> p) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      queue_.push_back(std::move(p));
-    }
-    cv_.notify_one();
-  }
-
- private:
-  ProgressThread() { std::thread([this] { run(); }).detach(); }
-  void run() {
-    std::vector<std::shared_ptr<Progressed>> active;
-    for (;;) {
-      {
-        std::unique_lock<std::mutex> lock(mu_);
-        if (active.empty()) cv_.wait(lock, [&] { return !queue_.empty(); });
-        for (auto& p : queue_) active.push_back(std::move(p));
-        queue_.clear();
-      }
-      for (size_t i = 0; i < active.size();) {
-        int flag = 0;
-        const int rc = MPI_Test(&active[i]->request, &flag, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS) active[i]->error.store(rc);
-        if (flag || rc != MPI_SUCCESS) {
-          active[i]->done.store(true, std::memory_order_release);
-          active[i] = std::move(active.back());
-          active.pop_back();
-        } else {
-          ++i;
-        }
-      }
-      if (!active.empty()) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-  }
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::shared_ptr<Progressed>> queue_;  // guarded by mu_
-};
 
 // DDP_MPI_PROGRESS_THREAD: "1" on, "auto" on when the ranks span nodes, anything else (the
 // default) off. Collective over `comm` for "auto".
