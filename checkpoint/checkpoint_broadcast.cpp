@@ -117,13 +117,15 @@ std::string encode_header(const Checkpoint& c) {
       .dump();
 }
 
-Checkpoint decode_header(const std::string& header) {
+Checkpoint decode_header(const std::string& header, const std::function<bool(size_t)>& keep) {
   Checkpoint c;
   try {
     const json j = json::parse(header);
     c.meta = meta_from_json(j.at("meta"));
     c.verified_file = j.at("verified_file").get<bool>();
+    size_t index = 0;
     for (const auto& t : j.at("tensors")) {
+      if (keep && !keep(index++)) continue;
       TensorEntry e;
       e.path = t.at("path").get<std::string>();
       e.dtype = static_cast<DType>(t.at("dtype").get<int>());
@@ -162,55 +164,148 @@ RankState decode_rank_state(const std::vector<uint8_t>& bytes) {
   return s;
 }
 
-void broadcast_checkpoint(Communicator& comm, int root, Checkpoint* checkpoint,
-                          const BroadcastOptions& options) {
-  if (options.chunk_bytes == 0) {
-    throw Error(ErrorKind::kInvalidArgument, "broadcast_checkpoint: chunk_bytes must be > 0");
-  }
-  const bool at_root = comm.rank() == root;
-  const std::string header = broadcast_string(comm, at_root ? encode_header(*checkpoint) : "", root);
-  if (!at_root) *checkpoint = decode_header(header);
-  auto& tensors = checkpoint->tensors;
+namespace {
 
-  // Step 2: the concatenated tensor bytes, one bounded chunk at a time. Tensors at least a
-  // chunk long travel in place (no copy); smaller ones are packed together.
+// What every rank knows of each tensor from the header alone.
+struct Slot {
+  size_t bytes = 0;
+  int dest = -1;                 // BroadcastOptions::destination
+  TensorEntry* held = nullptr;   // this rank's entry, or null (not meant for it)
+};
+
+std::vector<Slot> slots_of(const std::string& header, const BroadcastOptions& options,
+                           int world_size) {
+  std::vector<Slot> slots;
+  try {
+    const json parsed = json::parse(header);  // outlives the loop (a temporary would not)
+    for (const auto& t : parsed.at("tensors")) {
+      Slot s;
+      s.bytes = t.at("bytes").get<size_t>();
+      if (options.destination) s.dest = options.destination(t.at("path").get<std::string>());
+      if (s.dest >= world_size) {
+        throw Error(ErrorKind::kInternal,
+                    fmt::format("broadcast_checkpoint: destination rank {} of {}", s.dest,
+                                world_size));
+      }
+      slots.push_back(s);
+    }
+  } catch (const json::exception& e) {
+    throw Error(ErrorKind::kInternal,
+                fmt::format("broadcast_checkpoint: bad header from the root: {}", e.what()));
+  }
+  return slots;
+}
+
+// Step 2: the tensors meant for every rank, concatenated, one bounded chunk at a time.
+// Tensors at least a chunk long travel in place (no copy); smaller ones are packed together.
+void broadcast_common(Communicator& comm, int root, const std::vector<Slot>& slots,
+                      size_t chunk_bytes) {
+  const bool at_root = comm.rank() == root;
+  std::vector<size_t> order;  // slot indices meant for every rank
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (slots[i].dest < 0) order.push_back(i);
+  }
   std::vector<uint8_t> chunk;
-  size_t next = 0;  // first tensor not yet sent
-  while (next < tensors.size()) {
-    TensorEntry& first = tensors[next];
-    if (first.data.size() >= options.chunk_bytes) {
+  size_t next = 0;  // first of `order` not yet sent
+  while (next < order.size()) {
+    TensorEntry& first = *slots[order[next]].held;
+    if (first.data.size() >= chunk_bytes) {
       comm.broadcast(first.data.data(), first.data.size(), DType::kUInt8, root);
       ++next;
       continue;
     }
     // The first one is smaller than a chunk, so every round takes at least one tensor.
     size_t end = next, bytes = 0;
-    while (end < tensors.size() && tensors[end].data.size() < options.chunk_bytes &&
-           bytes + tensors[end].data.size() <= options.chunk_bytes) {
-      bytes += tensors[end].data.size();
+    while (end < order.size() && slots[order[end]].bytes < chunk_bytes &&
+           bytes + slots[order[end]].bytes <= chunk_bytes) {
+      bytes += slots[order[end]].bytes;
       ++end;
     }
     chunk.resize(bytes);
     size_t at = 0;
-    if (at_root) {
-      for (size_t i = next; i < end; ++i) {
-        if (!tensors[i].data.empty()) {
-          std::memcpy(chunk.data() + at, tensors[i].data.data(), tensors[i].data.size());
-        }
-        at += tensors[i].data.size();
-      }
+    for (size_t k = next; k < end && at_root; ++k) {
+      const auto& data = slots[order[k]].held->data;
+      if (!data.empty()) std::memcpy(chunk.data() + at, data.data(), data.size());
+      at += data.size();
     }
     if (bytes > 0) comm.broadcast(chunk.data(), bytes, DType::kUInt8, root);
-    if (!at_root) {
-      at = 0;
-      for (size_t i = next; i < end; ++i) {
-        if (!tensors[i].data.empty()) {
-          std::memcpy(tensors[i].data.data(), chunk.data() + at, tensors[i].data.size());
-        }
-        at += tensors[i].data.size();
-      }
+    at = 0;
+    for (size_t k = next; k < end && !at_root; ++k) {
+      auto& data = slots[order[k]].held->data;
+      if (!data.empty()) std::memcpy(data.data(), chunk.data() + at, data.size());
+      at += data.size();
     }
     next = end;
+  }
+}
+
+// Step 2b: each targeted tensor to its rank alone, by scatter, in rounds of at most
+// chunk_bytes in all (or one larger tensor), grouped by destination.
+void scatter_targeted(Communicator& comm, int root, const std::vector<Slot>& slots,
+                      size_t chunk_bytes) {
+  const bool at_root = comm.rank() == root;
+  std::vector<size_t> order;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (slots[i].dest >= 0 && slots[i].dest != root) order.push_back(i);
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return slots[a].dest < slots[b].dest; });
+  size_t next = 0;
+  while (next < order.size()) {
+    size_t end = next + 1, bytes = slots[order[next]].bytes;
+    while (end < order.size() && bytes + slots[order[end]].bytes <= chunk_bytes) {
+      bytes += slots[order[end]].bytes;
+      ++end;
+    }
+    std::vector<std::vector<uint8_t>> parts;
+    if (at_root) {
+      parts.resize(static_cast<size_t>(comm.size()));
+      for (size_t k = next; k < end; ++k) {
+        const Slot& s = slots[order[k]];
+        auto& part = parts[static_cast<size_t>(s.dest)];
+        part.insert(part.end(), s.held->data.begin(), s.held->data.end());
+      }
+    }
+    const std::vector<uint8_t> got = comm.scatter_bytes(at_root ? &parts : nullptr, root);
+    size_t at = 0;
+    for (size_t k = next; k < end && !at_root; ++k) {
+      const Slot& s = slots[order[k]];
+      if (s.dest != comm.rank()) continue;
+      if (at + s.bytes > got.size()) {
+        throw Error(ErrorKind::kInternal, "broadcast_checkpoint: short targeted round");
+      }
+      if (s.bytes) std::memcpy(s.held->data.data(), got.data() + at, s.bytes);
+      at += s.bytes;
+    }
+    next = end;
+  }
+}
+
+}  // namespace
+
+void broadcast_checkpoint(Communicator& comm, int root, Checkpoint* checkpoint,
+                          const BroadcastOptions& options) {
+  if (options.chunk_bytes == 0) {
+    throw Error(ErrorKind::kInvalidArgument, "broadcast_checkpoint: chunk_bytes must be > 0");
+  }
+  const int me = comm.rank();
+  const bool at_root = me == root;
+  const std::string header = broadcast_string(comm, at_root ? encode_header(*checkpoint) : "", root);
+  std::vector<Slot> slots = slots_of(header, options, comm.size());
+  auto meant_for_me = [&](size_t i) { return slots[i].dest < 0 || slots[i].dest == me; };
+  if (!at_root) *checkpoint = decode_header(header, meant_for_me);
+  auto& tensors = checkpoint->tensors;
+  for (size_t i = 0, k = 0; i < slots.size(); ++i) {
+    if (at_root || meant_for_me(i)) slots[i].held = &tensors[k++];
+  }
+  broadcast_common(comm, root, slots, options.chunk_bytes);
+  scatter_targeted(comm, root, slots, options.chunk_bytes);
+  if (at_root && options.destination) {  // the root keeps what is meant for it, too
+    std::vector<TensorEntry> kept;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      if (meant_for_me(i)) kept.push_back(std::move(tensors[i]));
+    }
+    tensors = std::move(kept);
   }
   // Checked once all communication is over: a receiver that threw here would leave the
   // others waiting in step 3.

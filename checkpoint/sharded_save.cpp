@@ -124,12 +124,26 @@ std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int wor
                             world_size));
   }
   // Largest first onto the least-loaded rank; ties by index, so every rank agrees.
-  std::vector<size_t> order(tensors.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return tensors[a].bytes > tensors[b].bytes; });
+  std::vector<size_t> order;
   std::vector<uint64_t> load(ranks.size(), 0);
   std::vector<int> owner(tensors.size(), 0);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const int fixed = tensors[i].owner;
+    if (fixed < 0) {
+      order.push_back(i);
+      continue;
+    }
+    if (fixed >= world_size) {
+      throw Error(ErrorKind::kInternal,
+                  fmt::format("assign_shares: '{}' is owned by rank {} of {}", tensors[i].path,
+                              fixed, world_size));
+    }
+    owner[i] = fixed;
+    const auto at = std::lower_bound(ranks.begin(), ranks.end(), fixed);
+    if (at != ranks.end() && *at == fixed) load[static_cast<size_t>(at - ranks.begin())] += tensors[i].bytes;
+  }
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return tensors[a].bytes > tensors[b].bytes; });
   for (size_t i : order) {
     const auto k = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
     owner[i] = ranks[k];

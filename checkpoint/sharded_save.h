@@ -45,7 +45,8 @@ namespace ddp::ckpt {
 
 class FileSystem;
 
-// A tensor every rank holds identically; materialised only by the rank that owns it.
+// A tensor every rank holds identically (materialised only by the rank whose share it falls
+// in), or one that a single rank holds (`owner`: sharded optimizer state, ZeRO-1).
 struct TensorSource {
   std::string path;
   DType dtype = DType::kFloat32;
@@ -60,6 +61,10 @@ struct TensorSource {
   // not in forward (BatchNorm's running statistics do): with SaveRequest::defer_copies, and
   // host_data set, its copy may run after snapshot_for_save has returned.
   bool changes_only_at_update = false;
+  // -1: replicated, any share rank may send it. Otherwise the only rank that holds it: its
+  // share always includes it (share_ranks or not), and on the other ranks the entry is a
+  // description only (path, dtype, shape, bytes; copy_to and host_data unset).
+  int owner = -1;
 };
 
 // Host memory for one rank's snapshot. Kept by the caller between saves: a fresh allocation
@@ -163,8 +168,9 @@ class PendingSave {
 // Phase 1. Not collective (no communication), but every rank must call it for the save.
 std::unique_ptr<PendingSave> snapshot_for_save(Communicator& comm, SaveRequest request);
 
-// Owner rank of each tensor: greedy by size, deterministic, among `share_ranks` (empty: every
-// rank of `world_size`).
+// Owner rank of each tensor: TensorSource::owner where set; the replicated ones greedy by size,
+// deterministic, among `share_ranks` (empty: every rank of `world_size`), onto the rank with
+// the fewest bytes so far, fixed owners' bytes included.
 std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int world_size,
                                const std::vector<int>& share_ranks = {});
 

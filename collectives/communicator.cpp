@@ -51,4 +51,23 @@ std::string broadcast_string(Communicator& comm, const std::string& value, int r
   return out;
 }
 
+std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& value) {
+  const auto world = static_cast<size_t>(comm.size());
+  int64_t mine = static_cast<int64_t>(value.size());
+  std::vector<int64_t> lengths(world);
+  comm.all_gather(&mine, lengths.data(), 1, DType::kInt64);
+  std::vector<size_t> counts(lengths.begin(), lengths.end());
+  size_t total = 0, offset = 0;
+  for (size_t r = 0; r < world; ++r) {
+    if (r == static_cast<size_t>(comm.rank())) offset = total;
+    total += counts[r];
+  }
+  std::string all(total, '\0');
+  if (!value.empty()) std::memcpy(all.data() + offset, value.data(), value.size());
+  comm.all_gather_into(all.data(), counts, DType::kUInt8);
+  std::vector<std::string> out;
+  for (size_t r = 0, at = 0; r < world; at += counts[r], ++r) out.push_back(all.substr(at, counts[r]));
+  return out;
+}
+
 }  // namespace ddp

@@ -86,6 +86,18 @@ class Communicator {
                                                  ReduceOp op) = 0;
   // recv holds size() * count elements, rank r's contribution at offset r * count.
   virtual void all_gather(const void* send, void* recv, size_t count, DType dtype) = 0;
+  // Sharded collectives (ZeRO): the buffer is cut into one part per rank, rank r's part
+  // `counts[r]` elements long at offset counts[0] + ... + counts[r - 1] (parts may be empty;
+  // `counts` has size() entries, the same on every rank).
+  // Reduce-scatter: `send` holds every part; once the Work completes, `recv` (counts[rank()]
+  // elements) holds this rank's part reduced over all ranks.
+  // REQUIRES: send and recv do not overlap and stay valid and untouched until completion.
+  virtual std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv,
+                                                     const std::vector<size_t>& counts,
+                                                     DType dtype, ReduceOp op) = 0;
+  // All-gather in place: on entry this rank's part of `data` holds its contribution; on
+  // return every part holds its owner's.
+  virtual void all_gather_into(void* data, const std::vector<size_t>& counts, DType dtype) = 0;
   // Gathers a variable number of bytes from every rank to `root` into `out` (used at root
   // only; may be null elsewhere). Host memory only. A GatherBuffer reused across calls
   // allocates only when a round is larger than every earlier one (no zero-fill, no copies
@@ -105,5 +117,8 @@ class Communicator {
 
 // Broadcasts a string from root (host memory). Convenience built on broadcast().
 std::string broadcast_string(Communicator& comm, const std::string& value, int root);
+// Every rank's string, in rank order, on every rank (host memory; built on all_gather and
+// all_gather_into).
+std::vector<std::string> all_gather_strings(Communicator& comm, const std::string& value);
 
 }  // namespace ddp

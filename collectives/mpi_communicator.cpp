@@ -16,6 +16,7 @@
 #include "collectives/daemon_reaper.h"
 #include "collectives/error.h"
 #include "collectives/mpi_check.h"
+#include "collectives/mpi_ops.h"
 #include "collectives/progress_thread.h"
 
 namespace ddp {
@@ -25,104 +26,6 @@ namespace {
 constexpr size_t kMaxChunk = size_t{1} << 30;
 // How long MPI_Abort gets to end this host's daemon before the reaper does (daemon_reaper.h).
 constexpr double kDaemonReaperGraceS = 5.0;
-
-template <uint16_t (*kToBits)(float), float (*kFromBits)(uint16_t)>
-void sum_16bit(void* in, void* inout, int* len, MPI_Datatype*) {
-  auto* a = static_cast<const uint16_t*>(in);
-  auto* b = static_cast<uint16_t*>(inout);
-  for (int i = 0; i < *len; ++i) b[i] = kToBits(kFromBits(a[i]) + kFromBits(b[i]));
-}
-
-struct Ops16 {
-  MPI_Op half_sum = MPI_OP_NULL;
-  MPI_Op bf16_sum = MPI_OP_NULL;
-};
-
-const Ops16& ops16() {
-  static Ops16 ops;
-  static std::once_flag once;
-  std::call_once(once, [] {
-    DDP_MPI_CHECK(MPI_Op_create(&sum_16bit<float_to_half, half_to_float>, 1, &ops.half_sum));
-    DDP_MPI_CHECK(MPI_Op_create(&sum_16bit<float_to_bf16, bf16_to_float>, 1, &ops.bf16_sum));
-  });
-  return ops;
-}
-
-MPI_Datatype mpi_type(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32: return MPI_FLOAT;
-    case DType::kFloat64: return MPI_DOUBLE;
-    case DType::kFloat16:
-    case DType::kBFloat16: return MPI_UINT16_T;
-    case DType::kInt32: return MPI_INT32_T;
-    case DType::kInt64: return MPI_INT64_T;
-    case DType::kUInt8: return MPI_UINT8_T;
-  }
-  throw Error(ErrorKind::kInternal, "unknown DType");
-}
-
-MPI_Op mpi_op(DType dtype, ReduceOp op) {
-  if (dtype == DType::kFloat16 || dtype == DType::kBFloat16) {
-    if (op != ReduceOp::kSum && op != ReduceOp::kAvg) {
-      throw Error(ErrorKind::kInvalidArgument,
-                  fmt::format("all_reduce: op '{}' is not supported for {} on the MPI backend",
-                              reduce_op_name(op), dtype_name(dtype)));
-    }
-    return dtype == DType::kFloat16 ? ops16().half_sum : ops16().bf16_sum;
-  }
-  switch (op) {
-    case ReduceOp::kSum:
-    case ReduceOp::kAvg: return MPI_SUM;
-    case ReduceOp::kMax: return MPI_MAX;
-    case ReduceOp::kMin: return MPI_MIN;
-  }
-  throw Error(ErrorKind::kInternal, "unknown ReduceOp");
-}
-
-void check_avg(DType dtype, ReduceOp op) {
-  if (op == ReduceOp::kAvg && !is_floating(dtype)) {
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("all_reduce: 'avg' needs a floating-point dtype, got {}",
-                            dtype_name(dtype)));
-  }
-}
-
-// Divides `count` elements by `divisor` in place (the second half of ReduceOp::kAvg).
-void scale_in_place(void* data, size_t count, DType dtype, int divisor) {
-  if (divisor == 1) return;
-  switch (dtype) {
-    case DType::kFloat32: {
-      auto* p = static_cast<float*>(data);
-      const float inv = 1.0f / static_cast<float>(divisor);
-      for (size_t i = 0; i < count; ++i) p[i] *= inv;
-      return;
-    }
-    case DType::kFloat64: {
-      auto* p = static_cast<double*>(data);
-      for (size_t i = 0; i < count; ++i) p[i] /= divisor;
-      return;
-    }
-    case DType::kFloat16: {
-      auto* p = static_cast<uint16_t*>(data);
-      for (size_t i = 0; i < count; ++i) p[i] = float_to_half(half_to_float(p[i]) / divisor);
-      return;
-    }
-    case DType::kBFloat16: {
-      auto* p = static_cast<uint16_t*>(data);
-      for (size_t i = 0; i < count; ++i) p[i] = float_to_bf16(bf16_to_float(p[i]) / divisor);
-      return;
-    }
-    default: throw Error(ErrorKind::kInternal, "scale_in_place on a non-floating dtype");
-  }
-}
-
-int checked_int(size_t count, const char* call) {
-  if (count > static_cast<size_t>(INT_MAX)) {
-    throw Error(ErrorKind::kInvalidArgument,
-                fmt::format("{}: {} elements exceed MPI's int count", call, count));
-  }
-  return static_cast<int>(count);
-}
 
 // Set once any non-blocking collective of this process has timed out: the network or a peer
 // is gone, and every other request in flight is as good as lost. Destroying an unfinished
@@ -151,10 +54,13 @@ bool progress_thread_wanted(MPI_Comm comm, int size) {
 
 class MpiWork final : public Work {
  public:
+  // `data`/`count`: what kAvg scales on completion. `call` names the MPI call in errors;
+  // `arrays` are count arrays MPI reads until completion (kept alive here).
   MpiWork(MPI_Request request, void* data, size_t count, DType dtype, ReduceOp op, int size,
-          double timeout_s, bool use_progress_thread)
+          double timeout_s, bool use_progress_thread, const char* call = "MPI_Iallreduce",
+          std::vector<int> arrays = {})
       : request_(request), data_(data), count_(count), dtype_(dtype), op_(op), size_(size),
-        timeout_s_(timeout_s) {
+        timeout_s_(timeout_s), call_(call), arrays_(std::move(arrays)) {
     if (use_progress_thread) {
       progressed_ = std::make_shared<Progressed>();
       progressed_->request = request_;
@@ -168,7 +74,7 @@ class MpiWork final : public Work {
       try {
         wait();
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "ddp: abandoning an unfinished all-reduce: %s\n", e.what());
+        std::fprintf(stderr, "ddp: abandoning an unfinished %s: %s\n", call_, e.what());
       }
     }
   }
@@ -196,9 +102,9 @@ class MpiWork final : public Work {
       if ((progressed_ || (spins & 1023u) == 0) && clock::now() > deadline) {
         g_a_collective_timed_out.store(true);
         throw Error(ErrorKind::kTimeout,
-                    fmt::format("MPI_Iallreduce of {} {} elements on rank {} did not complete "
+                    fmt::format("{} of {} {} elements on rank {} did not complete "
                                 "within {} s (ddp.timeout_s): a peer rank died or stalled",
-                                count_, dtype_name(dtype_), world_rank_or_minus_one(),
+                                call_, count_, dtype_name(dtype_), world_rank_or_minus_one(),
                                 timeout_s_));
       }
     }
@@ -217,6 +123,8 @@ class MpiWork final : public Work {
   ReduceOp op_;
   int size_;
   double timeout_s_;
+  const char* call_;
+  std::vector<int> arrays_;
   bool done_ = false;
   std::shared_ptr<Progressed> progressed_;  // set when the progress thread owns the request
 };
@@ -250,7 +158,7 @@ MpiCommunicator::MpiCommunicator(CommunicatorOptions options, MPI_Comm comm)
   DDP_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
   DDP_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
   DDP_MPI_CHECK(MPI_Comm_size(comm_, &size_));
-  ops16();
+  create_mpi_ops();
   progress_thread_ = progress_thread_wanted(comm_, size_);
   const int rank = rank_;
   MPI_Comm abort_comm = comm_;
@@ -318,6 +226,48 @@ void MpiCommunicator::all_gather(const void* send, void* recv, size_t count, DTy
   const int n = checked_int(count, "MPI_Allgather");
   DDP_MPI_CHECK(MPI_Allgather(count ? send : nullptr, n, mpi_type(dtype), recv, n,
                               mpi_type(dtype), comm_));
+}
+
+namespace {
+// MPI's counts and displacements for parts of `counts` elements, back to back.
+void parts_layout(const std::vector<size_t>& counts, int size, const char* call,
+                  std::vector<int>* ints, std::vector<int>* displs) {
+  if (counts.size() != static_cast<size_t>(size)) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{}: {} part counts for {} ranks", call, counts.size(), size));
+  }
+  size_t total = 0;
+  for (size_t c : counts) {
+    ints->push_back(checked_int(c, call));
+    if (displs) displs->push_back(checked_int(total, call));
+    total += c;
+  }
+  checked_int(total, call);
+}
+}  // namespace
+
+std::unique_ptr<Work> MpiCommunicator::reduce_scatter_async(const void* send, void* recv,
+                                                            const std::vector<size_t>& counts,
+                                                            DType dtype, ReduceOp op) {
+  check_avg(dtype, op);
+  const MPI_Op mop = mpi_op(dtype, op);
+  std::vector<int> ints;
+  parts_layout(counts, size_, "MPI_Ireduce_scatter", &ints, nullptr);
+  MPI_Request request = MPI_REQUEST_NULL;
+  DDP_MPI_CHECK(MPI_Ireduce_scatter(send, recv, ints.data(), mpi_type(dtype), mop, comm_,
+                                    &request));
+  const size_t mine = counts[static_cast<size_t>(rank_)];
+  return std::make_unique<MpiWork>(request, recv, mine, dtype, op, size_, options_.timeout_s,
+                                   progress_thread_, "MPI_Ireduce_scatter", std::move(ints));
+}
+
+void MpiCommunicator::all_gather_into(void* data, const std::vector<size_t>& counts,
+                                      DType dtype) {
+  std::vector<int> ints, displs;
+  parts_layout(counts, size_, "MPI_Allgatherv", &ints, &displs);
+  Watchdog::Scope guard(*watchdog_, "MPI_Allgatherv");
+  DDP_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, ints.data(),
+                               displs.data(), mpi_type(dtype), comm_));
 }
 
 void MpiCommunicator::gather_bytes_into(const void* data, size_t bytes, int root,

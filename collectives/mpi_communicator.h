@@ -60,6 +60,10 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Work> all_reduce_async(void* data, size_t count, DType dtype,
                                          ReduceOp op) override;
   void all_gather(const void* send, void* recv, size_t count, DType dtype) override;
+  std::unique_ptr<Work> reduce_scatter_async(const void* send, void* recv,
+                                             const std::vector<size_t>& counts, DType dtype,
+                                             ReduceOp op) override;
+  void all_gather_into(void* data, const std::vector<size_t>& counts, DType dtype) override;
   void gather_bytes_into(const void* data, size_t bytes, int root, GatherBuffer* out) override;
   std::vector<uint8_t> scatter_bytes(const std::vector<std::vector<uint8_t>>* parts,
                                      int root) override;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <vector>
 
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
@@ -38,6 +39,24 @@ ncclRedOp_t nccl_op(ReduceOp op) {
   throw Error(ErrorKind::kInternal, "unknown ReduceOp");
 }
 
+// Offsets of parts of `counts` elements, back to back; whether all parts are equal.
+std::vector<size_t> part_offsets(const std::vector<size_t>& counts, int size, const char* call,
+                                 bool* equal) {
+  if (counts.size() != static_cast<size_t>(size)) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("{}: {} part counts for {} ranks", call, counts.size(), size));
+  }
+  std::vector<size_t> offsets;
+  size_t total = 0;
+  *equal = true;
+  for (size_t c : counts) {
+    offsets.push_back(total);
+    total += c;
+    if (c != counts.front()) *equal = false;
+  }
+  return offsets;
+}
+
 cudaEvent_t new_event() {
   cudaEvent_t ev = nullptr;
   DDP_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
@@ -46,13 +65,15 @@ cudaEvent_t new_event() {
 
 class NcclWork final : public Work {
  public:
-  NcclWork(NcclCommunicator& comm, cudaEvent_t done) : comm_(comm), done_(done) {}
+  // `what` names the collective in errors.
+  NcclWork(NcclCommunicator& comm, cudaEvent_t done, const char* what = "ncclAllReduce")
+      : comm_(comm), done_(done), what_(what) {}
   ~NcclWork() override {
     if (!finished_) {
       try {
         wait();
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "ddp: abandoning an unfinished NCCL all-reduce: %s\n", e.what());
+        std::fprintf(stderr, "ddp: abandoning an unfinished %s: %s\n", what_, e.what());
       }
     }
     cudaEventDestroy(done_);
@@ -67,13 +88,14 @@ class NcclWork final : public Work {
   }
   void wait() override {
     if (finished_) return;
-    comm_.wait_event(done_, "ncclAllReduce");
+    comm_.wait_event(done_, what_);
     finished_ = true;
   }
 
  private:
   NcclCommunicator& comm_;
   cudaEvent_t done_;
+  const char* what_;
   bool finished_ = false;
 };
 
@@ -185,6 +207,58 @@ std::unique_ptr<Work> NcclCommunicator::all_reduce_async(void* data, size_t coun
 void NcclCommunicator::all_gather(const void* send, void* recv, size_t count, DType dtype) {
   cudaEvent_t done = order_after_compute();
   DDP_NCCL_CHECK(ncclAllGather(send, recv, count, nccl_type(dtype), comm_, nccl_stream_));
+  finish_blocking(done, "ncclAllGather");
+}
+
+// Unequal parts: one ncclReduce (ncclBroadcast) per part rooted at its owner, in one group,
+// as PyTorch's reduce_scatter_v and all_gather_v do.
+std::unique_ptr<Work> NcclCommunicator::reduce_scatter_async(const void* send, void* recv,
+                                                             const std::vector<size_t>& counts,
+                                                             DType dtype, ReduceOp op) {
+  bool equal = false;
+  const auto offsets = part_offsets(counts, size(), "ncclReduceScatter", &equal);
+  const size_t esize = dtype_size(dtype);
+  cudaEvent_t done = order_after_compute();
+  if (equal) {
+    DDP_NCCL_CHECK(ncclReduceScatter(send, recv, counts.front(), nccl_type(dtype), nccl_op(op),
+                                     comm_, nccl_stream_));
+  } else {
+    DDP_NCCL_CHECK(ncclGroupStart());
+    for (int r = 0; r < size(); ++r) {
+      const auto k = static_cast<size_t>(r);
+      if (counts[k] == 0) continue;
+      DDP_NCCL_CHECK(ncclReduce(static_cast<const char*>(send) + offsets[k] * esize, recv,
+                                counts[k], nccl_type(dtype), nccl_op(op), r, comm_,
+                                nccl_stream_));
+    }
+    DDP_NCCL_CHECK(ncclGroupEnd());
+  }
+  DDP_CUDA_CHECK(cudaEventRecord(done, nccl_stream_));
+  return std::make_unique<NcclWork>(*this, done, "ncclReduceScatter");
+}
+
+void NcclCommunicator::all_gather_into(void* data, const std::vector<size_t>& counts,
+                                       DType dtype) {
+  bool equal = false;
+  const auto offsets = part_offsets(counts, size(), "ncclAllGather", &equal);
+  auto* bytes = static_cast<char*>(data);
+  const size_t esize = dtype_size(dtype);
+  cudaEvent_t done = order_after_compute();
+  if (equal) {
+    const size_t mine = offsets[static_cast<size_t>(rank())] * esize;
+    DDP_NCCL_CHECK(ncclAllGather(bytes + mine, data, counts.front(), nccl_type(dtype), comm_,
+                                 nccl_stream_));
+  } else {
+    DDP_NCCL_CHECK(ncclGroupStart());
+    for (int r = 0; r < size(); ++r) {
+      const auto k = static_cast<size_t>(r);
+      if (counts[k] == 0) continue;
+      char* part = bytes + offsets[k] * esize;
+      DDP_NCCL_CHECK(ncclBroadcast(part, part, counts[k], nccl_type(dtype), r, comm_,
+                                   nccl_stream_));
+    }
+    DDP_NCCL_CHECK(ncclGroupEnd());
+  }
   finish_blocking(done, "ncclAllGather");
 }
 

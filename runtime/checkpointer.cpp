@@ -25,9 +25,11 @@
 #include "collectives/agreement.h"
 #include "collectives/error.h"
 #include "runtime/cuda_seam.h"
+#include "runtime/ddp_engine.h"
 #include "runtime/fault_injection.h"
 #include "runtime/state_io.h"
 #include "runtime/trainer.h"
+#include "runtime/zero_checkpoint.h"
 
 namespace ddp {
 namespace {
@@ -186,10 +188,18 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
     if (mode == "auto") log0(control_, "resume=auto: no checkpoint found, starting fresh");
     return info;
   }
+  uint64_t bytes = 0;  // the whole checkpoint's, as rank 0 read it
+  for (const auto& t : c.tensors) bytes += t.data.size();
   if (control_.size() > 1) {
     run_agreed(control_, fmt::format("resume from '{}': handing it to every rank", chosen), [&] {
       maybe_pause_at("resume", control_.rank(), 0);
-      ckpt::broadcast_checkpoint(control_, 0, &c);
+      ckpt::BroadcastOptions options;
+      const DdpEngine& engine = trainer_.engine();
+      // ZeRO-1: each rank receives the optimizer state of the parameters it owns now only.
+      if (engine.sharded()) {
+        options.destination = optimizer_destinations(trainer_.model(), engine.owners());
+      }
+      ckpt::broadcast_checkpoint(control_, 0, &c, options);
     });
   }
   const double t_sent = now_s();
@@ -246,8 +256,6 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
                      info.saved_world_size, control_.size(), trainer_.state().epoch,
                      trainer_.state().batch_in_epoch));
   }
-  uint64_t bytes = 0;
-  for (const auto& t : c.tensors) bytes += t.data.size();
   log0(control_, fmt::format("resumed from '{}' at step {} ({:.1f} MB: read and verified on "
                              "rank 0 in {:.2f} s, handed to {} other rank(s) in {:.2f} s)",
                              chosen, info.global_step, static_cast<double>(bytes) / 1e6,
@@ -300,7 +308,8 @@ void Checkpointer::start_save(const ckpt::SavePlan& plan,
   m.config_yaml = cfg.resolved_yaml;
   m.hparams_json = trainer_.hparams_json();
   m.fingerprint = architecture_fingerprint(trainer_.model());
-  m.optimizer_json = optimizer_json(trainer_.optimizer(), cfg.optimizer.name, trainer_.model());
+  m.optimizer_json = optimizer_json(trainer_.optimizer(), cfg.optimizer.name, trainer_.model(),
+                                    cfg.ddp.zero_stage);
   m.scheduler_json = nlohmann::json{{"name", cfg.scheduler.name},
                                     {"step", st.global_step},
                                     {"lr", trainer_.current_lr()}}
@@ -314,6 +323,8 @@ void Checkpointer::start_save(const ckpt::SavePlan& plan,
   req.tensors = model_sources(trainer_.model());
   if (!weights_only) {
     auto opt = optimizer_sources(trainer_.optimizer(), trainer_.model());
+    // ZeRO-1: each rank holds its parameters' state; the save brings it from there.
+    if (trainer_.engine().sharded()) opt = exchange_sharded_sources(control_, std::move(opt));
     req.tensors.insert(req.tensors.end(), opt.begin(), opt.end());
   }
   req.rank_state.rank = control_.rank();

@@ -60,6 +60,7 @@ struct DdpConfig {
   double bucket_cap_mb = 25.0;   // gradient bucket size, MiB; 0 = one bucket per parameter
   std::string compression = "none";  // all-reduce payload: "none" | "fp16" | "bf16"
   double timeout_s = 300.0;          // bound on every collective wait, seconds
+  int64_t zero_stage = 0;  // 0: replicated optimizer state; 1: sharded across ranks (ZeRO-1)
 };
 
 struct DataConfig {

@@ -54,6 +54,7 @@ ddp:
   bucket_cap_mb: 25.0           # gradient bucket size, MiB; 0 = one bucket per parameter
   compression: none             # all-reduce payload: none | fp16 | bf16
   timeout_s: 300.0              # bound on every collective wait, seconds
+  zero_stage: 0                 # 0: optimizer state on every rank | 1: sharded (ZeRO-1)
 data:
   # synthetic_classification | synthetic_regression | csv | mnist | tokens
   name: synthetic_classification
@@ -151,6 +152,7 @@ const std::vector<Field>& schema() {
       DDP_CONFIG_FIELD(ddp, bucket_cap_mb),
       DDP_CONFIG_FIELD(ddp, compression),
       DDP_CONFIG_FIELD(ddp, timeout_s),
+      DDP_CONFIG_FIELD(ddp, zero_stage),
       DDP_CONFIG_FIELD(data, name),
       DDP_CONFIG_FIELD(data, path),
       DDP_CONFIG_FIELD(data, val_path),
@@ -303,6 +305,12 @@ void validate_ddp(const DdpConfig& d, const ModelConfig& m) {
   non_negative("ddp.bucket_cap_mb", d.bucket_cap_mb);
   one_of("ddp.compression", d.compression, {"none", "fp16", "bf16"});
   positive("ddp.timeout_s", d.timeout_s);
+  if (d.zero_stage != 0 && d.zero_stage != 1) {
+    throw Error(ErrorKind::kInvalidArgument,
+                fmt::format("config key 'ddp.zero_stage': must be 0 (replicated optimizer "
+                            "state) or 1 (sharded across ranks), got {}",
+                            d.zero_stage));
+  }
   if (d.backend == "nccl" && m.device != "cuda") {
     throw Error(ErrorKind::kInvalidArgument,
                 fmt::format("config key 'ddp.backend': 'nccl' requires model.device = cuda, got "

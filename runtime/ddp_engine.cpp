@@ -8,6 +8,7 @@
 
 #include "collectives/error.h"
 #include "runtime/tensor_comm.h"
+#include "runtime/zero_partition.h"
 
 namespace ddp {
 
@@ -18,6 +19,13 @@ DdpEngine::DdpEngine(std::shared_ptr<torch::nn::Module> model, Communicator& gra
     if (p.requires_grad()) params_.push_back(p);
   }
   sync_initial_state();
+  if (options_.shard_optimizer) {
+    std::vector<int64_t> numels;
+    for (const auto& p : params_) numels.push_back(p.numel());
+    owner_ = partition_parameters(numels, comm_.size());
+  } else {
+    owner_.assign(params_.size(), comm_.rank());
+  }
   build_buckets();
   install_hooks();
 }
@@ -80,9 +88,22 @@ void DdpEngine::build_buckets() {
   }
   torch::NoGradGuard no_grad;
   buckets_.resize(groups.size());
+  offset_in_bucket_.assign(params_.size(), 0);
+  const int world = comm_.size();
   for (size_t b = 0; b < groups.size(); ++b) {
     Bucket& bucket = buckets_[b];
     bucket.params = groups[b];
+    if (options_.shard_optimizer) {  // each owner's parameters back to back
+      std::stable_sort(bucket.params.begin(), bucket.params.end(),
+                       [&](size_t x, size_t y) { return owner_[x] < owner_[y]; });
+      bucket.counts.assign(static_cast<size_t>(world), 0);
+      for (size_t k : bucket.params) {
+        bucket.counts[static_cast<size_t>(owner_[k])] += static_cast<size_t>(params_[k].numel());
+      }
+      for (int r = 0; r < comm_.rank(); ++r) {
+        bucket.my_offset += static_cast<int64_t>(bucket.counts[static_cast<size_t>(r)]);
+      }
+    }
     int64_t total = 0;
     for (size_t k : bucket.params) total += params_[k].numel();
     const auto& first = params_[bucket.params.front()];
@@ -90,10 +111,16 @@ void DdpEngine::build_buckets() {
     if (options_.wire_dtype != first.scalar_type()) {
       bucket.wire = torch::zeros({total}, first.options().dtype(options_.wire_dtype));
     }
+    if (options_.shard_optimizer) {
+      const auto mine = static_cast<int64_t>(bucket.counts[static_cast<size_t>(comm_.rank())]);
+      bucket.shard = torch::zeros({mine}, bucket.wire.defined() ? bucket.wire.options()
+                                                                 : bucket.flat.options());
+    }
     int64_t offset = 0;
     for (size_t k : bucket.params) {
       auto& p = params_[k];
       p.mutable_grad() = bucket.flat.narrow(0, offset, p.numel()).view(p.sizes());
+      offset_in_bucket_[k] = offset;
       offset += p.numel();
       bucket_of_[k] = b;
     }
@@ -127,12 +154,7 @@ void DdpEngine::zero_grad() {
     auto& grad = params_[k].mutable_grad();
     const auto& flat = buckets_[bucket_of_[k]].flat;
     if (!grad.defined() || !grad.is_alias_of(flat)) {
-      int64_t offset = 0;
-      for (size_t j : buckets_[bucket_of_[k]].params) {
-        if (j == k) break;
-        offset += params_[j].numel();
-      }
-      grad = flat.narrow(0, offset, params_[k].numel()).view(params_[k].sizes());
+      grad = flat.narrow(0, offset_in_bucket_[k], params_[k].numel()).view(params_[k].sizes());
     }
   }
 }
@@ -179,6 +201,18 @@ void DdpEngine::launch_ready_in_order() {
 
 void DdpEngine::launch(Bucket& bucket) {
   torch::NoGradGuard no_grad;
+  if (options_.shard_optimizer) {
+    const torch::Tensor& send = bucket.wire.defined() ? bucket.wire : bucket.flat;
+    ReduceOp op = ReduceOp::kAvg;
+    if (bucket.wire.defined()) {
+      bucket.wire.copy_(bucket.flat);
+      bucket.wire.div_(comm_.size());
+      op = ReduceOp::kSum;
+    }
+    bucket.work = comm_.reduce_scatter_async(send.data_ptr(), bucket.shard.data_ptr(),
+                                             bucket.counts, to_dtype(send.scalar_type()), op);
+    return;
+  }
   if (bucket.wire.defined()) {
     bucket.wire.copy_(bucket.flat);
     bucket.wire.div_(comm_.size());
@@ -203,9 +237,59 @@ void DdpEngine::finish_backward() {
   for (auto& bucket : buckets_) {
     bucket.work->wait();
     bucket.work.reset();
-    if (bucket.wire.defined()) bucket.flat.copy_(bucket.wire);
+    if (options_.shard_optimizer) {
+      bucket.flat.narrow(0, bucket.my_offset, bucket.shard.numel()).copy_(bucket.shard);
+    } else if (bucket.wire.defined()) {
+      bucket.flat.copy_(bucket.wire);
+    }
   }
   armed_ = false;
+}
+
+std::vector<torch::Tensor> DdpEngine::owned_parameters() const {
+  std::vector<torch::Tensor> out;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (owner_[k] == comm_.rank()) out.push_back(params_[k]);
+  }
+  return out;
+}
+
+void DdpEngine::gather_parameters() {
+  if (!options_.shard_optimizer) {
+    throw Error(ErrorKind::kInternal, "DdpEngine::gather_parameters without shard_optimizer");
+  }
+  torch::NoGradGuard no_grad;
+  const int me = comm_.rank();
+  for (auto& bucket : buckets_) {
+    for (size_t k : bucket.params) {
+      if (owner_[k] != me) continue;
+      bucket.flat.narrow(0, offset_in_bucket_[k], params_[k].numel()).copy_(params_[k].view(-1));
+    }
+    comm_.all_gather_into(bucket.flat.data_ptr(), bucket.counts,
+                          to_dtype(bucket.flat.scalar_type()));
+    for (size_t k : bucket.params) {
+      if (owner_[k] == me) continue;
+      params_[k].view(-1).copy_(bucket.flat.narrow(0, offset_in_bucket_[k], params_[k].numel()));
+    }
+  }
+}
+
+double DdpEngine::clip_grad_norm(double max_norm) {
+  torch::NoGradGuard no_grad;
+  // Sum of squares of the per-parameter norms, in double, over what this rank owns.
+  double sq = 0.0;
+  const std::vector<torch::Tensor> mine = owned_parameters();
+  for (const auto& p : mine) {
+    const double n = p.grad().norm(2).item<double>();
+    sq += n * n;
+  }
+  if (options_.shard_optimizer) control_.all_reduce(&sq, 1, DType::kFloat64, ReduceOp::kSum);
+  const double norm = std::sqrt(sq);
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1.0) {
+    for (const auto& p : mine) p.grad().mul_(coef);
+  }
+  return norm;
 }
 
 void DdpEngine::broadcast_buffers() {

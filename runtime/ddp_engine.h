@@ -18,6 +18,13 @@
 //   for each micro-batch: engine.prepare_backward(/*sync=*/is_last_micro); loss.backward();
 //   engine.finish_backward();   // now .grad = mean over all ranks' gradients
 //
+// ZeRO stage 1 (DdpOptions::shard_optimizer): each parameter has one owner rank
+// (runtime/zero_partition.h); a bucket's parameters are laid out by owner, and the bucket is
+// reduce-scattered instead of all-reduced, so finish_backward() leaves the mean gradient in
+// the .grad of the parameters this rank owns only (the others' .grad hold this rank's local
+// gradient: do not use them). The caller steps an optimizer over owned_parameters() and then
+// calls gather_parameters(), which all-gathers the updated parameters bucket by bucket.
+//
 // Thread-safety: hooks may run on an autograd thread; internal state is guarded by mu_.
 // The public methods are called from the training thread only.
 #pragma once
@@ -49,6 +56,8 @@ struct DdpOptions {
   // Launch all-reduces from autograd hooks (true) or only after backward (false; for the
   // benchmark that shows overlap pays).
   bool overlap = true;
+  // ZeRO stage 1: reduce-scatter gradients to their parameters' owners (see above).
+  bool shard_optimizer = false;
 };
 
 // Counters for tests and the benchmark (reset by prepare_backward).
@@ -79,6 +88,21 @@ class DdpEngine {
   // Copies rank 0's buffers (e.g. BatchNorm running stats) to all ranks.
   void broadcast_buffers();
 
+  // --- ZeRO stage 1 (shard_optimizer); without it every rank owns every parameter.
+  bool sharded() const { return options_.shard_optimizer; }
+  // Owner rank of each trainable parameter, in model.parameters() order.
+  const std::vector<int>& owners() const { return owner_; }
+  // The trainable parameters this rank owns, in model order (what its optimizer steps).
+  std::vector<torch::Tensor> owned_parameters() const;
+  // REQUIRES: sharded(); every rank updated its owned parameters. Collective over the
+  // gradient communicator: afterwards every replica holds every owner's values (bitwise).
+  // Uses the gradient buckets as staging: .grad is meaningless until the next zero_grad().
+  void gather_parameters();
+  // Global L2 norm of the gradients (sharded: of the owned ones, combined over the control
+  // communicator; collective). Scales them by max_norm / (norm + 1e-6) when that is below 1,
+  // as torch.nn.utils.clip_grad_norm_. Returns the norm before clipping.
+  double clip_grad_norm(double max_norm);
+
   // Hash of parameters and buffers; equal on all ranks after a synchronised step.
   uint64_t state_hash() const;
   const DdpStats& stats() const { return stats_; }
@@ -88,9 +112,14 @@ class DdpEngine {
   struct Bucket {
     torch::Tensor flat;    // gradients of the bucket's parameters, back to back
     torch::Tensor wire;    // 16-bit copy sent on the wire (compression), else undefined
-    std::vector<size_t> params;  // indices into params_
+    std::vector<size_t> params;  // indices into params_ (sharded: grouped by owner)
     int64_t pending = 0;         // hooks still to fire in this backward
     std::unique_ptr<Work> work;
+    // Sharded only: elements per owner rank, this rank's part's offset, and the part's
+    // reduce-scatter output (in the wire dtype when compressing).
+    std::vector<size_t> counts;
+    int64_t my_offset = 0;
+    torch::Tensor shard;
   };
 
   void build_buckets();
@@ -106,6 +135,8 @@ class DdpEngine {
   DdpOptions options_;
   std::vector<torch::Tensor> params_;
   std::vector<size_t> bucket_of_;  // param index -> bucket index
+  std::vector<int64_t> offset_in_bucket_;  // param index -> element offset in its bucket
+  std::vector<int> owner_;         // param index -> owner rank (all this rank's unsharded)
   std::vector<Bucket> buckets_;
   std::vector<std::shared_ptr<torch::autograd::Node>> accumulators_;  // keep hooks alive
   std::vector<uintptr_t> hook_keys_;

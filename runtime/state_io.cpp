@@ -125,9 +125,10 @@ std::vector<ckpt::TensorSource> optimizer_sources(torch::optim::Optimizer& optim
 }
 
 std::string optimizer_json(torch::optim::Optimizer& optimizer, const std::string& name,
-                           const torch::nn::Module& model) {
+                           const torch::nn::Module& model, int64_t zero_stage) {
   nlohmann::json j;
   j["type"] = name;
+  j["zero_stage"] = zero_stage;
   // The optimizer's parameter order (torch matches state to parameters by position).
   std::vector<std::string> names;
   for (const auto& item : model.named_parameters()) {
@@ -137,7 +138,7 @@ std::string optimizer_json(torch::optim::Optimizer& optimizer, const std::string
   for (auto& g : optimizer.param_groups()) {
     nlohmann::json group;
     group["lr"] = g.options().get_lr();
-    group["num_params"] = g.params().size();
+    group["num_params"] = names.size();  // the model's, also when this rank steps a share
     group["param_names"] = names;  // one group: all trainable parameters, model order
     if (auto* o = dynamic_cast<torch::optim::SGDOptions*>(&g.options())) {
       group["momentum"] = o->momentum();
@@ -223,8 +224,13 @@ void load_optimizer_state(torch::optim::Optimizer& optimizer, const std::string&
   };
   auto& state = optimizer.state();
   state.clear();
+  std::set<const void*> held;  // the parameters this optimizer steps
+  for (auto& g : optimizer.param_groups()) {
+    for (const auto& p : g.params()) held.insert(p.unsafeGetTensorImpl());
+  }
   for (const auto& item : model.named_parameters()) {
     const auto& p = item.value();
+    if (held.count(p.unsafeGetTensorImpl()) == 0) continue;
     const std::string base = item.key() + "/";
     auto on_device = [&](torch::Tensor t) { return t.defined() ? t.to(p.device()) : t; };
     if (name == "sgd") {

@@ -22,10 +22,14 @@
 namespace ddp {
 
 std::vector<ckpt::TensorSource> model_sources(const torch::nn::Module& model);
+// The state this rank's optimizer holds, in model order (under ZeRO-1 the parameters this
+// rank owns only: runtime/zero_checkpoint.h completes the list).
 std::vector<ckpt::TensorSource> optimizer_sources(torch::optim::Optimizer& optimizer,
                                                   const torch::nn::Module& model);
+// Type, hyperparameters and the parameter order of every trainable parameter of the model,
+// plus the ZeRO stage it was trained with (metadata only: the layout is the same).
 std::string optimizer_json(torch::optim::Optimizer& optimizer, const std::string& name,
-                           const torch::nn::Module& model);
+                           const torch::nn::Module& model, int64_t zero_stage = 0);
 
 // What load_model_state did not load (strict=false) — empty when everything matched.
 struct LoadReport {
@@ -41,7 +45,8 @@ struct LoadReport {
 // them in one message; otherwise the matching keys are loaded and the rest reported.
 LoadReport load_model_state(torch::nn::Module& model, const ckpt::Checkpoint& checkpoint,
                             bool strict);
-// Recreates the optimizer's per-parameter state from "optimizer/*".
+// Recreates the optimizer's per-parameter state from "optimizer/*", for the parameters the
+// optimizer holds (under ZeRO-1 this rank's own; the checkpoint may lack the others').
 // Throws ddp::Error(kInvalidArgument) if the checkpoint's optimizer type differs.
 void load_optimizer_state(torch::optim::Optimizer& optimizer, const std::string& name,
                           const torch::nn::Module& model, const ckpt::Checkpoint& checkpoint);

@@ -57,7 +57,10 @@ Trainer::Trainer(Config config, Communicator& control)
     DdpOptions options;
     options.bucket_cap_mb = config_.ddp.bucket_cap_mb;
     options.wire_dtype = wire_dtype(config_.ddp.compression);
+    options.shard_optimizer = config_.ddp.zero_stage == 1;
     engine_ = std::make_unique<DdpEngine>(model_, *grad_comm_, control_, options);
+    // Stage 1: this rank's optimizer holds (and steps) the parameters it owns only.
+    optimizer_ = make_optimizer(config_.optimizer, engine_->owned_parameters());
   });
   // Per-rank RNG stream (dropout etc.), distinct per rank, reproducible per seed.
   torch::manual_seed(static_cast<uint64_t>(config_.trainer.seed) + 1 +
@@ -199,11 +202,6 @@ void Trainer::setup() {
                  : tc.max_steps > 0                   ? tc.max_steps
                                                       : epoch_steps;
 
-  std::vector<torch::Tensor> params;
-  for (auto& p : model_->parameters()) {
-    if (p.requires_grad()) params.push_back(p);
-  }
-  optimizer_ = make_optimizer(config_.optimizer, params);
   schedule_ = std::make_unique<LrSchedule>(config_.scheduler, config_.optimizer.lr, total_steps_);
 
   run_dir_ = (std::filesystem::path(tc.default_root_dir) / tc.name).string();
@@ -258,20 +256,45 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
     loss_sum += loss.item<double>();
     samples_done_ += static_cast<int64_t>(idx.size()) * control_.size();
   }
+  const bool sharded = engine_->sharded();
   try {
     engine_->finish_backward();
   } catch (const Error& e) {
-    throw Error(e.kind(), fmt::format("gradient all-reduce of step {}: {}", state_.global_step + 1,
-                                      e.what()));
+    throw Error(e.kind(), fmt::format("gradient {} of step {}: {}",
+                                      sharded ? "reduce-scatter" : "all-reduce",
+                                      state_.global_step + 1, e.what()));
   }
+  // Stage 1: only the owned parameters' gradients are averaged; the rest are not looked at.
+  const std::vector<torch::Tensor> owned =
+      sharded ? engine_->owned_parameters() : std::vector<torch::Tensor>{};
   // With a loss scaler: unscale the all-reduced gradients before clipping; an overflow (the
-  // same on every rank: it is in the all-reduced sum) skips this step and lowers the scale.
-  const bool overflow = scaler_ && scaler_->unscale(model_->parameters());
+  // same on every rank: it is in the all-reduced sum; sharded, agreed here) skips this step
+  // and lowers the scale.
+  bool overflow = scaler_ && scaler_->unscale(sharded ? owned : model_->parameters());
+  if (scaler_ && sharded) {
+    int64_t any = overflow ? 1 : 0;
+    control_.all_reduce(&any, 1, DType::kInt64, ReduceOp::kMax);
+    overflow = any != 0;
+  }
   if (config_.trainer.gradient_clip_val > 0 && !overflow) {
-    torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.trainer.gradient_clip_val);
+    if (sharded) {
+      engine_->clip_grad_norm(config_.trainer.gradient_clip_val);  // norm over all ranks
+    } else {
+      torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.trainer.gradient_clip_val);
+    }
   }
   checkpointer_->before_update();  // an async save may still be copying the parameters
-  if (!overflow) optimizer_->step();
+  if (!overflow) {
+    optimizer_->step();
+    if (sharded) {
+      try {
+        engine_->gather_parameters();
+      } catch (const Error& e) {
+        throw Error(e.kind(), fmt::format("parameter all-gather of step {}: {}",
+                                          state_.global_step + 1, e.what()));
+      }
+    }
+  }
   if (scaler_) scaler_->update(overflow);
   *loss_out = loss_sum;
 }

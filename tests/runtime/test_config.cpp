@@ -94,6 +94,7 @@ void expect_same_fields(const Config& a, const Config& b) {
   EXPECT_EQ(a.ddp.bucket_cap_mb, b.ddp.bucket_cap_mb);
   EXPECT_EQ(a.ddp.compression, b.ddp.compression);
   EXPECT_EQ(a.ddp.timeout_s, b.ddp.timeout_s);
+  EXPECT_EQ(a.ddp.zero_stage, b.ddp.zero_stage);
   EXPECT_EQ(a.data.name, b.data.name);
   EXPECT_EQ(a.data.path, b.data.path);
   EXPECT_EQ(a.data.val_path, b.data.val_path);
@@ -419,6 +420,7 @@ TEST(Config, OutOfRangeValuesNameKeyValueAndRange) {
       {{"ddp.backend=nccl"}, "'nccl' requires model.device = cuda"},
       {{"ddp.bucket_cap_mb=-1"}, "'ddp.bucket_cap_mb': must be >= 0"},
       {{"ddp.compression=int8"}, "'ddp.compression': must be one of none, fp16, bf16"},
+      {{"ddp.zero_stage=2"}, "'ddp.zero_stage': must be 0 (replicated optimizer state) or 1"},
       {{"ddp.timeout_s=0"}, "'ddp.timeout_s': must be > 0"},
       {{"data.name=imagenet"}, "'data.name': must be one of synthetic_classification,"},
       {{"data.name=csv"}, "data.path is required for data.name=csv"},
