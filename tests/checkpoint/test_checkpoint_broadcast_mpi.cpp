@@ -7,6 +7,8 @@
 
 #include <random>
 
+#include <fmt/format.h>
+
 #include "checkpoint/checkpoint_broadcast.h"
 #include "collectives/agreement.h"
 #include "collectives/error.h"
@@ -136,6 +138,44 @@ TEST(CheckpointBroadcast, EveryRankGetsTheSameBytesAtAnyChunkSize) {
       EXPECT_EQ(mine.cpu_rng, want.ranks[static_cast<size_t>(comm.rank())].cpu_rng);
       EXPECT_EQ(mine.cuda_rng, want.ranks[static_cast<size_t>(comm.rank())].cuda_rng);
       EXPECT_EQ(mine.sampler_index, 1000 + comm.rank());
+    }
+  }
+}
+
+// ZeRO-1's resume: targeted tensors reach their rank alone, byte for byte, at any chunk size
+// (several per round, one larger than a round, one for the root itself); every rank, the
+// root too, keeps the shared tensors and its own in header order and nothing else.
+TEST(CheckpointBroadcast, TargetedTensorsReachOnlyTheirRank) {
+  auto& comm = world();
+  Checkpoint want = make_checkpoint(comm.size());
+  std::mt19937 rng(11);
+  for (int r = 0; r < comm.size(); ++r) {
+    for (int k = 0; k < 3; ++k) {
+      want.tensors.push_back(make_tensor(fmt::format("optimizer/p{}/f{}", r, k), DType::kFloat32,
+                                         {k == 2 ? 5000 : 3 + r}, &rng));
+    }
+  }
+  auto destination = [&](const std::string& path) {
+    if (path.rfind("optimizer/p", 0) != 0) return -1;
+    return std::stoi(path.substr(11, path.find('/', 11) - 11)) % comm.size();
+  };
+  for (size_t chunk : {size_t{1}, size_t{40}, size_t{100000}, size_t{1} << 24}) {
+    SCOPED_TRACE(chunk);
+    Checkpoint c;
+    if (comm.rank() == 0) c = want;
+    BroadcastOptions opts;
+    opts.chunk_bytes = chunk;
+    opts.destination = destination;
+    broadcast_checkpoint(comm, 0, &c, opts);
+    std::vector<const TensorEntry*> expected;
+    for (const auto& t : want.tensors) {
+      const int d = destination(t.path);
+      if (d < 0 || d == comm.rank()) expected.push_back(&t);
+    }
+    ASSERT_EQ(c.tensors.size(), expected.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(c.tensors[i].path, expected[i]->path);
+      EXPECT_EQ(c.tensors[i].data, expected[i]->data) << expected[i]->path;
     }
   }
 }

@@ -206,6 +206,47 @@ TEST(ShardedSave, OnlyTheShareRanksSendTensors) {
   EXPECT_THROW(assign_shares({}, world().size(), {world().size()}), Error);  // no rank 0
 }
 
+// ZeRO-1's state: tensors held by one rank each (TensorSource::owner), described only on the
+// others, arrive byte for byte, also when the holder is not a share rank; the replicated ones
+// are still spread over the share ranks.
+TEST(ShardedSave, OwnedTensorsComeFromTheirOwner) {
+  const std::string dir = test::temp_dir("sharded_owned");
+  const int world_size = world().size();
+  const int me = world().rank();
+  for (bool zero_copy : {false, true}) {
+    auto tensors = make_tensors(21, true);
+    SaveRequest req;
+    req.meta = make_meta(6);
+    req.tensors = sources_of(tensors);
+    for (size_t i = 0; i < req.tensors.size(); ++i) {
+      auto& src = req.tensors[i];
+      if (src.path.rfind("optimizer/", 0) != 0) continue;
+      src.owner = static_cast<int>(i) % world_size;
+      if (src.owner != me) {  // a description: any read of its bytes would be a bug
+        src.host_data = nullptr;
+        src.copy_to = nullptr;
+      }
+    }
+    req.rank_state = make_rank_state(me, 6);
+    req.final_path = dir + (zero_copy ? "/z.h5" : "/c.h5");
+    req.chunk_bytes = 4096;
+    req.zero_copy = zero_copy;
+    req.share_ranks = {0};
+    const auto owner = assign_shares(req.tensors, world_size, req.share_ranks);
+    for (size_t i = 0; i < req.tensors.size(); ++i) {
+      EXPECT_EQ(owner[i], req.tensors[i].owner >= 0 ? req.tensors[i].owner : 0)
+          << req.tensors[i].path;
+    }
+    const std::string path = req.final_path;
+    auto pending = snapshot_for_save(world(), std::move(req));
+    pending->finish(world(), default_file_system());
+    expect_file_holds(path, tensors, 6);
+  }
+  std::vector<TensorSource> bad(1);
+  bad[0].owner = world_size;
+  EXPECT_THROW(assign_shares(bad, world_size), Error);
+}
+
 TEST(ShardedSave, ZeroCopyReadsTheTensorsInPlaceAtFinish) {
   // The contract of zero_copy: no rank copies a tensor readable in place; rank 0 writes and
   // the others send straight from its memory during finish(), so a change made between

@@ -88,6 +88,55 @@ TEST_P(CommSizes, AllGather) {
 INSTANTIATE_TEST_SUITE_P(Sizes, CommSizes,
                          ::testing::Values(size_t{0}, size_t{1}, size_t{7}, size_t{3'000'001}));
 
+// Part sizes for the sharded collectives: uneven, with an empty part, scaled by the test size.
+std::vector<size_t> uneven_parts(int world_size, size_t n) {
+  std::vector<size_t> counts;
+  for (int r = 0; r < world_size; ++r) counts.push_back(r == 1 ? 0 : n + static_cast<size_t>(r) * 3);
+  return counts;
+}
+
+TEST_P(CommSizes, ReduceScatterUnevenPartsSumAndAvg) {
+  auto& c = world();
+  const auto counts = uneven_parts(c.size(), GetParam());
+  const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
+  size_t offset = 0;
+  for (int r = 0; r < c.rank(); ++r) offset += counts[static_cast<size_t>(r)];
+  const size_t mine = counts[static_cast<size_t>(c.rank())];
+  for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg}) {
+    std::vector<float> send(total);
+    for (size_t i = 0; i < total; ++i) send[i] = value(c.rank(), i);
+    std::vector<float> recv(mine, -1.0f);
+    auto work = c.reduce_scatter_async(send.data(), recv.data(), counts, DType::kFloat32, op);
+    work->wait();
+    for (size_t i = 0; i < mine; ++i) {
+      float expected = 0;
+      for (int r = 0; r < c.size(); ++r) expected += value(r, offset + i);
+      if (op == ReduceOp::kAvg) expected *= 1.0f / static_cast<float>(c.size());
+      ASSERT_EQ(recv[i], expected) << reduce_op_name(op) << " element " << i;
+    }
+  }
+}
+
+TEST_P(CommSizes, AllGatherIntoUnevenPartsInPlace) {
+  auto& c = world();
+  const auto counts = uneven_parts(c.size(), GetParam());
+  const size_t total = std::accumulate(counts.begin(), counts.end(), size_t{0});
+  std::vector<int64_t> data(total, -1);
+  size_t at = 0;
+  for (int r = 0; r < c.size(); ++r) {
+    for (size_t i = 0; i < counts[static_cast<size_t>(r)]; ++i, ++at) {
+      if (r == c.rank()) data[at] = r * 1'000'000 + static_cast<int64_t>(i);
+    }
+  }
+  c.all_gather_into(data.data(), counts, DType::kInt64);
+  at = 0;
+  for (int r = 0; r < c.size(); ++r) {
+    for (size_t i = 0; i < counts[static_cast<size_t>(r)]; ++i, ++at) {
+      ASSERT_EQ(data[at], r * 1'000'000 + static_cast<int64_t>(i)) << "part " << r;
+    }
+  }
+}
+
 TEST(Communicator, IntegerMaxMin) {
   auto& c = world();
   int64_t mx = c.rank(), mn = c.rank();
@@ -153,6 +202,34 @@ TEST(Communicator, GatherIntoCallerMemoryNeverAllocates) {
     }
     EXPECT_THROW(view.reserve(17), Error);
     EXPECT_EQ(view.data(), ring.data() + 8);
+  }
+}
+
+TEST(Communicator, SixteenBitReduceScatter) {
+  auto& c = world();
+  std::vector<size_t> counts(static_cast<size_t>(c.size()), 5);
+  std::vector<uint16_t> send(5 * counts.size(), float_to_bf16(0.25f * (c.rank() + 1)));
+  std::vector<uint16_t> recv(5);
+  c.reduce_scatter_async(send.data(), recv.data(), counts, DType::kBFloat16, ReduceOp::kSum)
+      ->wait();
+  for (uint16_t v : recv) ASSERT_FLOAT_EQ(bf16_to_float(v), 0.25f * c.size() * (c.size() + 1) / 2);
+}
+
+TEST(Communicator, ShardedCollectivesRejectWrongPartCounts) {
+  auto& c = world();
+  std::vector<size_t> counts(static_cast<size_t>(c.size()) + 1, 1);
+  float buf[8] = {};
+  EXPECT_THROW(c.reduce_scatter_async(buf, buf + 4, counts, DType::kFloat32, ReduceOp::kSum),
+               Error);
+  EXPECT_THROW(c.all_gather_into(buf, counts, DType::kFloat32), Error);
+}
+
+TEST(Communicator, AllGatherStrings) {
+  auto& c = world();
+  const auto all = all_gather_strings(c, std::string(static_cast<size_t>(c.rank()) * 3, 'a' + c.rank()));
+  ASSERT_EQ(all.size(), static_cast<size_t>(c.size()));
+  for (int r = 0; r < c.size(); ++r) {
+    EXPECT_EQ(all[static_cast<size_t>(r)], std::string(static_cast<size_t>(r) * 3, 'a' + r));
   }
 }
 
