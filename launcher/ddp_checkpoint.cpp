@@ -223,6 +223,13 @@ int cmd_inspect(const std::string& file, bool as_json) {
               m.torch_version.c_str(), m.hdf5_version.c_str());
   std::printf("created_utc     %s\n", m.created_utc.c_str());
   std::printf("fingerprint     %s\n", m.fingerprint.c_str());
+  if (const json& opt = j["optimizer"]; opt.is_object() && opt.contains("type")) {
+    const int64_t stage = opt.value("zero_stage", int64_t{0});
+    std::printf("optimizer       %s, ZeRO stage %lld%s\n", opt.value("type", "?").c_str(),
+                static_cast<long long>(stage),
+                stage > 0 ? " (its state was sharded over the ranks; this file holds all of it)"
+                          : "");
+  }
   std::printf("metrics         %s\n", metrics_text(m.metrics).c_str());
   std::printf("ranks           %zu\n", ranks.size());
   std::printf("tensors         %zu (%s)\n", reader.tensors().size(), human_bytes(tensor_bytes).c_str());
