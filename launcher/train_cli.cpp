@@ -33,6 +33,10 @@ void write_summary(const std::string& path, const TrainResult& r, const Config& 
   j["preempted"] = r.preempted;
   j["model"] = config.model.name;
   j["run_dir"] = r.run_dir;
+  j["zero"] = {{"stage", r.zero_stage},
+               {"optimizer_state_bytes_max", r.optimizer_state_bytes_max},
+               {"optimizer_state_bytes_min", r.optimizer_state_bytes_min},
+               {"shard_buffer_bytes", r.shard_buffer_bytes}};
   if (!r.checkpoint_json.empty()) j["checkpoint"] = nlohmann::json::parse(r.checkpoint_json);
   std::ofstream out(path);
   out << j.dump(2) << '\n';

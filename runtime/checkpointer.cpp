@@ -256,6 +256,9 @@ ResumeInfo Checkpointer::resume(const std::string& mode) {
                      info.saved_world_size, control_.size(), trainer_.state().epoch,
                      trainer_.state().batch_in_epoch));
   }
+  info.read_s = t_read - t0;
+  info.handover_s = t_sent - t_read;
+  info.load_s = now_s() - t_sent;
   log0(control_, fmt::format("resumed from '{}' at step {} ({:.1f} MB: read and verified on "
                              "rank 0 in {:.2f} s, handed to {} other rank(s) in {:.2f} s)",
                              chosen, info.global_step, static_cast<double>(bytes) / 1e6,
@@ -386,6 +389,7 @@ void Checkpointer::start_save(const ckpt::SavePlan& plan,
     wait();
   }
   last_stall_s_ = now_s() - t0;
+  total_stall_s_ += last_stall_s_;
 }
 
 void Checkpointer::after_commit(const ckpt::SavePlan& plan) {
@@ -414,6 +418,7 @@ void Checkpointer::before_update() {
   unsnapshotted_->complete_snapshot();
   unsnapshotted_.reset();
   last_stall_s_ += now_s() - t0;
+  total_stall_s_ += now_s() - t0;
 }
 
 void Checkpointer::wait() {
@@ -517,6 +522,12 @@ std::string Checkpointer::summary_json() const {
   for (const auto& [f, v] : s.best_k_models) models[path(f)] = score(v);
   j["best_k_models"] = models;
   j["saves_completed"] = saves_completed_;
+  j["save_stall_s_total"] = total_stall_s_;  // rank 0's training-thread time in saves
+  if (!resume_info_.file.empty()) {
+    j["resume"] = {{"file", resume_info_.file}, {"global_step", resume_info_.global_step},
+                   {"read_s", resume_info_.read_s}, {"handover_s", resume_info_.handover_s},
+                   {"load_s", resume_info_.load_s}};
+  }
   return j.dump();
 }
 

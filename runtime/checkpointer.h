@@ -38,6 +38,9 @@ struct ResumeInfo {
   int64_t global_step = 0;
   int64_t saved_world_size = 0;
   bool resharded = false;  // world size differs from the checkpoint's
+  // Seconds (rank 0's clock): choosing and reading the file, handing it to the other ranks,
+  // loading it into the trainer.
+  double read_s = 0, handover_s = 0, load_s = 0;
 };
 
 class Checkpointer {
@@ -113,6 +116,7 @@ class Checkpointer {
   int64_t last_committed_step_ = 0;
   int64_t saves_completed_ = 0;
   double last_stall_s_ = 0;
+  double total_stall_s_ = 0;  // every save's last_stall_s(), summed
 
   std::shared_ptr<ckpt::SnapshotBuffer> snapshot_buffer_;  // reused by every save
   std::shared_ptr<ckpt::PendingSave> unsnapshotted_;  // async save with copies still to run

@@ -274,6 +274,14 @@ void DdpEngine::gather_parameters() {
   }
 }
 
+uint64_t DdpEngine::shard_buffer_bytes() const {
+  uint64_t n = 0;
+  for (const auto& b : buckets_) {
+    if (b.shard.defined()) n += static_cast<uint64_t>(b.shard.numel() * b.shard.element_size());
+  }
+  return n;
+}
+
 double DdpEngine::clip_grad_norm(double max_norm) {
   torch::NoGradGuard no_grad;
   // Sum of squares of the per-parameter norms, in double, over what this rank owns.

@@ -102,6 +102,8 @@ class DdpEngine {
   // communicator; collective). Scales them by max_norm / (norm + 1e-6) when that is below 1,
   // as torch.nn.utils.clip_grad_norm_. Returns the norm before clipping.
   double clip_grad_norm(double max_norm);
+  // Bytes of the reduce-scatter receive buffers (0 unless sharded): the memory stage 1 adds.
+  uint64_t shard_buffer_bytes() const;
 
   // Hash of parameters and buffers; equal on all ranks after a synchronised step.
   uint64_t state_hash() const;

@@ -20,6 +20,7 @@
 #include "runtime/ddp_engine.h"
 #include "runtime/metrics.h"
 #include "runtime/fault_injection.h"
+#include "runtime/state_io.h"
 #include "runtime/stop_signal.h"
 #include "runtime/topology.h"
 
@@ -518,6 +519,16 @@ TrainResult Trainer::fit() {
   r.preemption_check_s = check_s;
   r.train_loop_s = loop_s;
   r.checkpoint_json = checkpointer_->summary_json();
+  r.zero_stage = config_.ddp.zero_stage;
+  int64_t state_bytes[2] = {0, 0};
+  for (const auto& s : optimizer_sources(*optimizer_, *model_)) {
+    state_bytes[0] += static_cast<int64_t>(s.bytes);
+  }
+  state_bytes[1] = -state_bytes[0];  // min as a max
+  control_.all_reduce(state_bytes, 2, DType::kInt64, ReduceOp::kMax);
+  r.optimizer_state_bytes_max = static_cast<uint64_t>(state_bytes[0]);
+  r.optimizer_state_bytes_min = static_cast<uint64_t>(-state_bytes[1]);
+  r.shard_buffer_bytes = engine_->shard_buffer_bytes();
   return r;
 }
 

@@ -66,6 +66,12 @@ struct TrainResult {
   double preemption_check_s = 0.0;
   double train_loop_s = 0.0;
   std::string checkpoint_json;  // Checkpointer::summary_json() (rank 0's view)
+  // Memory of the optimizer state (ddp.zero_stage 1 shards it): bytes on the rank holding
+  // the most and the least, and the reduce-scatter receive buffers the sharding adds per rank.
+  int64_t zero_stage = 0;
+  uint64_t optimizer_state_bytes_max = 0;
+  uint64_t optimizer_state_bytes_min = 0;
+  uint64_t shard_buffer_bytes = 0;
 };
 
 class Trainer {
