@@ -11,9 +11,11 @@
 //                                              rank <rank> sleeps <seconds> the first time it
 //                                              reaches <where> at global step >= <step>
 //                                              (default 0): "save" (before its part of a
-//                                              save) or "resume" (before the checkpoint
-//                                              broadcast), announcing it on stderr, so a test
-//                                              can cut the network mid-save or mid-resume.
+//                                              save), "resume" (before the checkpoint
+//                                              broadcast) or "gather" (ZeRO-1: before the
+//                                              parameter all-gather of that step), announcing
+//                                              it on stderr, so a test can cut the network
+//                                              mid-save or mid-resume, or stall a collective.
 #pragma once
 
 #include <cstdint>

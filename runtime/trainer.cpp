@@ -288,6 +288,7 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
   if (!overflow) {
     optimizer_->step();
     if (sharded) {
+      maybe_pause_at("gather", control_.rank(), state_.global_step + 1);
       try {
         engine_->gather_parameters();
       } catch (const Error& e) {

@@ -145,6 +145,36 @@ TEST(Cli, StalledRankMakesTheOthersFailWithTheTimeoutMessage) {
   EXPECT_LT(secs, 30.0) << "the job must end soon after ddp.timeout_s, not after the stall";
 }
 
+// ZeRO-1's two collectives: a rank that never joins ends the job with the collective named.
+TEST(Cli, StalledRankUnderZeroNamesTheReduceScatter) {
+  const std::string dir = test::temp_dir("stall_zero_rs");
+  const auto r = run_command("DDP_FAULT_STALL=1:5:60 " +
+                                 mpirun(2, quick(dir) + " --set trainer.max_steps=20 "
+                                                        "--set ddp.timeout_s=2 "
+                                                        "--set ddp.zero_stage=1"),
+                             120);
+  EXPECT_EQ(r.exit_code, kExitDistributed) << r.output;
+  EXPECT_NE(r.output.find("gradient reduce-scatter of step 5"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("MPI_Ireduce_scatter"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("did not complete within 2 s"), std::string::npos) << r.output;
+}
+
+TEST(Cli, StalledRankUnderZeroNamesTheAllGather) {
+  const std::string dir = test::temp_dir("stall_zero_ag");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto r = run_command("DDP_FAULT_PAUSE=gather:1:60:5 " +
+                                 mpirun(2, quick(dir) + " --set trainer.max_steps=20 "
+                                                        "--set ddp.timeout_s=2 "
+                                                        "--set ddp.zero_stage=1"),
+                             120);
+  const double secs =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(r.exit_code, kExitDistributed) << r.output;
+  EXPECT_NE(r.output.find("MPI_Allgatherv did not complete within"), std::string::npos)
+      << r.output;
+  EXPECT_LT(secs, 30.0) << "the job must end soon after ddp.timeout_s, not after the stall";
+}
+
 TEST(Cli, RunsWithoutMpirun) {
   const std::string dir = test::temp_dir("singleton");
   const auto r = run_command("OMP_NUM_THREADS=1 " + test::bin_path("ddp-train") + " " + quick(dir), 120);

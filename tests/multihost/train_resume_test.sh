@@ -9,7 +9,8 @@
 #  3. (2 ranks per host) the 4-rank checkpoint resumes on 2 hosts x 1 rank (another world size);
 #  4. a damaged newest checkpoint: `auto` falls back to the previous good one, across hosts;
 #  5. the same job with the MPI progress thread (DDP_MPI_PROGRESS_THREAD=auto: on, since the
-#     ranks span hosts) ends bitwise equal to the one without.
+#     ranks span hosts) ends bitwise equal to the one without;
+#  6. ZeRO stage 1: resume is bitwise at the same stage, and its checkpoint resumes at stage 0.
 # Needs root (namespaces, mounts): skips (77) elsewhere, fails under CI=true.
 # Usage: train_resume_test.sh <bin_dir> <hosts> <ranks_per_host>
 set -uo pipefail
@@ -101,6 +102,29 @@ DDP_MPI_PROGRESS_THREAD=auto mh_mpirun "$hosts" "$per" --bind-to none -x DDP_MPI
 check_rc 0 "$MH_WORK/progress.log" "run with the progress thread" $?
 d=$("$bin/ddp-checkpoint" diff "$disk0/straight/checkpoints/last.h5" "$disk0/progress/checkpoints/last.h5")
 echo "$d" | grep -q " 0 differ;" || fail "the progress thread changed the result: $(echo "$d" | tail -1)"
+
+# 6. ZeRO stage 1 across hosts: each optimizer tensor crosses the link from its owner to rank
+#    0's disk, resume sends each host's ranks their own share; bitwise at the same stage, and
+#    the same file resumes at stage 0.
+zero=(--set ddp.zero_stage=1 --set optimizer.name=adamw --set optimizer.lr=0.001)
+run "$hosts" "$per" "$MH_WORK/zstraight.log" "${zero[@]}" --set trainer.max_steps=120 --set trainer.name=zstraight
+check_rc 0 "$MH_WORK/zstraight.log" "stage-1 run" $?
+run "$hosts" "$per" "$MH_WORK/zfirst.log" "${zero[@]}" --set trainer.max_steps=60 --set trainer.name=zjob
+check_rc 0 "$MH_WORK/zfirst.log" "stage-1 first half" $?
+run "$hosts" "$per" "$MH_WORK/zresume.log" "${zero[@]}" --set trainer.max_steps=120 --set trainer.name=zjob \
+    --resume auto
+check_rc 0 "$MH_WORK/zresume.log" "stage-1 resume across hosts" $?
+d=$("$bin/ddp-checkpoint" diff "$disk0/zstraight/checkpoints/last.h5" "$disk0/zjob/checkpoints/last.h5")
+echo "$d" | grep -q " 0 differ;" || fail "stage-1 resume differs from the uninterrupted run: $(echo "$d" | tail -1)"
+run "$hosts" "$per" "$MH_WORK/zstage0.log" "${zero[@]}" --set ddp.zero_stage=0 --set trainer.max_steps=140 \
+    --set trainer.name=zjob --resume auto
+check_rc 0 "$MH_WORK/zstage0.log" "stage-1 checkpoint resumed at stage 0" $?
+grep -q "resumed from '.*step=120.h5' at step 120" "$MH_WORK/zstage0.log" ||
+  fail "stage 0 did not resume the stage-1 checkpoint: $(grep -m1 resum "$MH_WORK/zstage0.log")"
+for ((i = 1; i < hosts; ++i)); do
+  n=$(find "$(mh_disk "$i")" -type f | wc -l)
+  [[ $n == 0 ]] || fail "after the stage-1 runs, host $i's disk holds $n file(s)"
+done
 
 if ((failures)); then
   echo "multihost train/resume ${hosts}x${per}: $failures failure(s)"
