@@ -290,7 +290,8 @@ void broadcast_checkpoint(Communicator& comm, int root, Checkpoint* checkpoint,
   }
   const int me = comm.rank();
   const bool at_root = me == root;
-  const std::string header = broadcast_string(comm, at_root ? encode_header(*checkpoint) : "", root);
+  const std::string header =
+      broadcast_string(comm, at_root ? encode_header(*checkpoint) : "", root);
   std::vector<Slot> slots = slots_of(header, options, comm.size());
   auto meant_for_me = [&](size_t i) { return slots[i].dest < 0 || slots[i].dest == me; };
   if (!at_root) *checkpoint = decode_header(header, meant_for_me);

@@ -140,7 +140,9 @@ std::vector<int> assign_shares(const std::vector<TensorSource>& tensors, int wor
     }
     owner[i] = fixed;
     const auto at = std::lower_bound(ranks.begin(), ranks.end(), fixed);
-    if (at != ranks.end() && *at == fixed) load[static_cast<size_t>(at - ranks.begin())] += tensors[i].bytes;
+    if (at != ranks.end() && *at == fixed) {
+      load[static_cast<size_t>(at - ranks.begin())] += tensors[i].bytes;
+    }
   }
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return tensors[a].bytes > tensors[b].bytes; });

@@ -66,7 +66,9 @@ std::vector<std::string> all_gather_strings(Communicator& comm, const std::strin
   if (!value.empty()) std::memcpy(all.data() + offset, value.data(), value.size());
   comm.all_gather_into(all.data(), counts, DType::kUInt8);
   std::vector<std::string> out;
-  for (size_t r = 0, at = 0; r < world; at += counts[r], ++r) out.push_back(all.substr(at, counts[r]));
+  for (size_t r = 0, at = 0; r < world; at += counts[r], ++r) {
+    out.push_back(all.substr(at, counts[r]));
+  }
   return out;
 }
 

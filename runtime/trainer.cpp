@@ -19,6 +19,7 @@
 #include "runtime/cuda_seam.h"
 #include "runtime/ddp_engine.h"
 #include "runtime/metrics.h"
+#include "runtime/optimizer_update.h"
 #include "runtime/fault_injection.h"
 #include "runtime/state_io.h"
 #include "runtime/stop_signal.h"
@@ -257,47 +258,12 @@ void Trainer::train_step(const std::vector<int64_t>& epoch_indices, int64_t firs
     loss_sum += loss.item<double>();
     samples_done_ += static_cast<int64_t>(idx.size()) * control_.size();
   }
-  const bool sharded = engine_->sharded();
-  try {
-    engine_->finish_backward();
-  } catch (const Error& e) {
-    throw Error(e.kind(), fmt::format("gradient {} of step {}: {}",
-                                      sharded ? "reduce-scatter" : "all-reduce",
-                                      state_.global_step + 1, e.what()));
-  }
-  // Stage 1: only the owned parameters' gradients are averaged; the rest are not looked at.
-  const std::vector<torch::Tensor> owned =
-      sharded ? engine_->owned_parameters() : std::vector<torch::Tensor>{};
-  // With a loss scaler: unscale the all-reduced gradients before clipping; an overflow (the
-  // same on every rank: it is in the all-reduced sum; sharded, agreed here) skips this step
-  // and lowers the scale.
-  bool overflow = scaler_ && scaler_->unscale(sharded ? owned : model_->parameters());
-  if (scaler_ && sharded) {
-    int64_t any = overflow ? 1 : 0;
-    control_.all_reduce(&any, 1, DType::kInt64, ReduceOp::kMax);
-    overflow = any != 0;
-  }
-  if (config_.trainer.gradient_clip_val > 0 && !overflow) {
-    if (sharded) {
-      engine_->clip_grad_norm(config_.trainer.gradient_clip_val);  // norm over all ranks
-    } else {
-      torch::nn::utils::clip_grad_norm_(model_->parameters(), config_.trainer.gradient_clip_val);
-    }
-  }
-  checkpointer_->before_update();  // an async save may still be copying the parameters
-  if (!overflow) {
-    optimizer_->step();
-    if (sharded) {
-      maybe_pause_at("gather", control_.rank(), state_.global_step + 1);
-      try {
-        engine_->gather_parameters();
-      } catch (const Error& e) {
-        throw Error(e.kind(), fmt::format("parameter all-gather of step {}: {}",
-                                          state_.global_step + 1, e.what()));
-      }
-    }
-  }
-  if (scaler_) scaler_->update(overflow);
+  UpdateStep update;
+  update.step = state_.global_step + 1;
+  update.gradient_clip_val = config_.trainer.gradient_clip_val;
+  // An async save may still be copying the parameters.
+  update.before_update = [this] { checkpointer_->before_update(); };
+  update_parameters(*model_, *engine_, *optimizer_, scaler_.get(), control_, update);
   *loss_out = loss_sum;
 }
 

@@ -91,7 +91,9 @@ INSTANTIATE_TEST_SUITE_P(Sizes, CommSizes,
 // Part sizes for the sharded collectives: uneven, with an empty part, scaled by the test size.
 std::vector<size_t> uneven_parts(int world_size, size_t n) {
   std::vector<size_t> counts;
-  for (int r = 0; r < world_size; ++r) counts.push_back(r == 1 ? 0 : n + static_cast<size_t>(r) * 3);
+  for (int r = 0; r < world_size; ++r) {
+    counts.push_back(r == 1 ? 0 : n + static_cast<size_t>(r) * 3);
+  }
   return counts;
 }
 
@@ -226,7 +228,8 @@ TEST(Communicator, ShardedCollectivesRejectWrongPartCounts) {
 
 TEST(Communicator, AllGatherStrings) {
   auto& c = world();
-  const auto all = all_gather_strings(c, std::string(static_cast<size_t>(c.rank()) * 3, 'a' + c.rank()));
+  const auto all =
+      all_gather_strings(c, std::string(static_cast<size_t>(c.rank()) * 3, 'a' + c.rank()));
   ASSERT_EQ(all.size(), static_cast<size_t>(c.size()));
   for (int r = 0; r < c.size(); ++r) {
     EXPECT_EQ(all[static_cast<size_t>(r)], std::string(static_cast<size_t>(r) * 3, 'a' + r));

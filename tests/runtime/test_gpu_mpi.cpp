@@ -3,7 +3,7 @@
 // it on a GPU machine. Covered: training on CUDA through the NCCL backend matches the same job
 // on CPU; bf16-mixed and 16-mixed (loss scaler state checkpointed and restored); a GPU
 // checkpoint loads on CPU and a CPU checkpoint on the GPU, weights bitwise equal; the
-// snapshot of GPU tensors into pinned host memory.
+// snapshot of GPU tensors into pinned host memory; ZeRO stage 1 through NCCL.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -100,6 +100,31 @@ TEST(Gpu, MixedPrecisionLearnsAndTheLossScalerIsCheckpointed) {
     Trainer resumed(r, comm);
     ASSERT_NE(resumed.grad_scaler(), nullptr);
     EXPECT_DOUBLE_EQ(resumed.grad_scaler()->current_scale(), scale);
+  }
+}
+
+// ZeRO stage 1 through NCCL (reduce-scatter, in-place all-gather; grouped per-owner
+// reduce/broadcast when ranks own unequal shares), with fp32 and with the loss scaler, whose
+// overflow decision is agreed over the ranks: the same parameters as stage 0.
+TEST(Gpu, ZeroStageOneMatchesStageZeroThroughNccl) {
+  DDP_REQUIRE_GPUS();
+  auto& comm = world();
+  for (const std::string precision : {"32", "16-mixed"}) {
+    const std::string root = test::temp_dir("gpu_zero_" + precision);
+    Trainer s1(gpu_config(root, "s1", {"trainer.precision=" + precision, "ddp.zero_stage=1",
+                                       "trainer.gradient_clip_val=0.5"}),
+               comm);
+    EXPECT_STREQ(s1.grad_comm().backend_name(), "nccl");
+    s1.fit();
+    Trainer s0_clip(gpu_config(root, "s0c", {"trainer.precision=" + precision,
+                                             "trainer.gradient_clip_val=0.5"}),
+                    comm);
+    s0_clip.fit();
+    auto ref = s0_clip.model().named_parameters();
+    for (const auto& item : s1.model().named_parameters()) {
+      const double diff = (item.value() - ref[item.key()]).abs().max().item<double>();
+      EXPECT_LT(diff, 1e-4) << precision << " " << item.key();
+    }
   }
 }
 
